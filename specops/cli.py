@@ -1,0 +1,93 @@
+"""`specops` command line: generate (and, with the service, serve). Settings flags are
+generated from specops.config.Settings, so flags, SPECOPS_* variables and defaults agree."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+
+from .config import Settings
+from .engine.sampling_params import SPECULATORS, SamplingParams
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (also SPECOPS_<NAME> environment variables)")
+    for name, field in Settings.model_fields.items():
+        kind = field.annotation
+        flag = "--" + name.replace("_", "-")
+        if flag in parser._option_string_actions:  # a per-request flag of the same name wins
+            continue
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        elif typing.get_origin(kind) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(kind), default=None, help=field.description)
+        else:
+            group.add_argument(flag, type=kind, default=None, help=field.description)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {name: getattr(args, name) for name in Settings.model_fields
+             if getattr(args, name, None) is not None and name not in ("speculator", "k_draft")}
+    return Settings(**given)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .loader import load_engine
+    from .runtime.tokenizer import ChatMessage
+
+    settings = settings_from_args(args)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, stop=tuple(args.stop or ()), speculator=args.speculator or settings.speculator,
+        k_draft=settings.k_draft if args.k_draft is None else args.k_draft)
+    engine = load_engine(settings, calibrate=params.speculator == "auto")
+    prompt = args.prompt
+    if args.chat:
+        prompt = engine.tokenizer.apply_chat_template([ChatMessage("user", prompt)])
+    stream = None if args.json else (lambda ids, text: print(text, end="", flush=True))
+    result = engine.generate(engine.tokenizer.encode(prompt), params, on_tokens=stream)
+    s = result.stats
+    if args.json:
+        print(json.dumps({
+            "generated_text": result.text, "tokens_per_second": round(s.tokens_per_second, 2),
+            "avg_tokens_per_jump": round(s.tokens_per_jump, 3), "latency_ms": round(s.total_s * 1000, 2),
+            "finish_reason": result.finish_reason, "speculator": params.speculator,
+            "usage": {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens},
+            "acceptance_rate": round(s.acceptance_rate, 3), "stats": s.to_dict()}))
+    else:
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specops", description="Speculative decoding on ONNX Runtime.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate text from a prompt")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--speculator", choices=SPECULATORS, default=None, help="default: settings' speculator")
+    gen.add_argument("--k-draft", type=int, default=None, help="upper bound on proposals per round (0..16)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", help="stop string (repeatable)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_settings_flags(gen)
+    gen.set_defaults(func=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:
+        print(f"specops: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

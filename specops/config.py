@@ -1,0 +1,42 @@
+"""Engine and service settings: one typed source for environment variables, CLI flags and
+defaults (SPECOPS_* variables; `specops --help` lists the same fields as flags)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPECOPS_", extra="ignore")
+
+    # -- models -----------------------------------------------------------------------------
+    target_model: str = Field(str(EMBEDDED_MODELS / "target"),
+                              description="target: a local folder, or a hub repo id (owner/name)")
+    target_subfolder: str = Field("", description="folder inside the target hub repo")
+    target_tokenizer: str = Field("", description="tokenizer source if not the target folder")
+    draft_model: str = Field(str(EMBEDDED_MODELS / "draft"),
+                             description="draft: a local folder, a hub repo id, or 'none'")
+    draft_subfolder: str = Field("", description="folder inside the draft hub repo")
+    draft_tokenizer: str = Field("", description="tokenizer source if not the draft folder")
+    model_cache_dir: str = Field(str(Path.home() / ".cache" / "specops"),
+                                 description="where hub downloads are kept")
+    verify_checksums: bool = Field(True, description="check manifest.sha256 where a folder has one")
+
+    # -- runtime ----------------------------------------------------------------------------
+    intra_op_threads: int = Field(2, ge=1, le=64, description="onnxruntime threads for the target")
+    draft_intra_op_threads: int = Field(2, ge=1, le=64, description="onnxruntime threads for the draft")
+    allow_spinning: bool = Field(False, description="let idle onnxruntime threads spin (breaks CPU autoscaling)")
+    context_length: int = Field(0, ge=0, description="context cap in tokens; 0 = the model's own")
+    prefill_chunk: int = Field(512, ge=16, le=8192, description="prompt tokens per prefill pass")
+
+    # -- speculation ------------------------------------------------------------------------
+    speculator: Literal["none", "ngram", "draft", "hybrid", "auto"] = Field(
+        "auto", description="default speculator for requests that name none")
+    k_draft: int = Field(4, ge=0, le=16, description="default upper bound on proposals per round")
+    ngram_min: int = Field(1, ge=1, le=8, description="shortest suffix the n-gram lookup matches")
+    ngram_max: int = Field(4, ge=1, le=16, description="longest suffix the n-gram lookup matches")

@@ -1,0 +1,160 @@
+"""The engine: prefill the prompt, then rounds of propose -> verify -> accept -> commit.
+
+Cache invariant: the target cache holds every committed token but the last one, `pending`,
+whose logits are not computed yet. A round feeds [pending, d1..dk] in one target pass,
+gets logits [k + 1, V] (row i predicts the token after position i), accepts j proposals,
+appends the target's own next token, and rewinds the cache to drop the rejected rows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..runtime.decoder import Decoder
+from ..runtime.tokenizer import TextTokenizer
+from ..speculators.base import Proposal
+from ..speculators.draft import DraftModelSpeculator
+from ..speculators.ngram import NgramSpeculator
+from .adaptive import CostModel
+from .sampling import Sampler
+from .sampling_params import SamplingParams
+from .stats import GenerationStats
+from .stopping import StopCheck
+from .verify import accept_greedy, accept_sampled
+
+OnTokens = Callable[[list[int], str], None]  # (new ids, new text) after each round
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or stop string), "length" (budget or context), "cancelled"
+    stats: GenerationStats
+
+
+class Engine:
+    def __init__(self, target: Decoder, tokenizer: TextTokenizer, draft: DraftModelSpeculator | None = None,
+                 ngram: NgramSpeculator | None = None, cost_model: CostModel | None = None,
+                 prefill_chunk: int = 512):
+        self.target, self.tokenizer, self.draft = target, tokenizer, draft
+        self.ngram = ngram or NgramSpeculator()
+        self.prefill_chunk = prefill_chunk
+        self.eos_ids = frozenset(target.spec.eos_ids)
+        self.cost = cost_model or CostModel(verify_s=[1.0], draft_s=None)
+
+    @property
+    def capacity(self) -> int:
+        return self.target.capacity
+
+    # -- one generation -------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], params: SamplingParams, on_tokens: OnTokens | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> GenerationResult:
+        if params.speculator in ("draft", "hybrid") and self.draft is None:
+            raise ValueError(f"speculator {params.speculator!r} needs a draft model, and none is loaded")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= self.capacity:
+            raise ValueError(f"prompt has {len(prompt_ids)} tokens; the context cap is {self.capacity}")
+        start = time.perf_counter()
+        stats = GenerationStats(speculator=params.speculator, prompt_tokens=len(prompt_ids))
+        sampler = None if params.greedy else Sampler(params)
+        stop = StopCheck(self.eos_ids, params.max_new_tokens, tuple(params.stop))
+        self._reset()
+
+        logits = self.target.prefill(prompt_ids, self.prefill_chunk)
+        stats.prefill_s = time.perf_counter() - start
+        first = int(np.argmax(logits)) if sampler is None else sampler.draw(sampler.probs(logits[None])[0])
+        context = list(prompt_ids)
+        generated: list[int] = []
+        text, emitted, finish = "", 0, None
+        new = [first]
+        while True:
+            new, finish = stop.cut_tokens(len(generated), new)
+            generated += new
+            context += new
+            text, hit = stop.cut_text(self.tokenizer.decode(generated))
+            finish = "stop" if hit else finish
+            if not stats.ttft_s:
+                stats.ttft_s = time.perf_counter() - start
+            if on_tokens is not None:
+                safe = text if finish else stop.safe_prefix(text)
+                if safe.endswith("\ufffd") and not finish:  # an incomplete UTF-8 sequence
+                    safe = safe.rstrip("\ufffd")
+                if len(safe) > emitted or finish:
+                    on_tokens(new, safe[emitted:])
+                    emitted = max(emitted, len(safe))
+            if finish:
+                break
+            if cancelled is not None and cancelled():
+                finish = "cancelled"
+                break
+            if len(context) >= self.capacity:
+                finish = "length"
+                break
+            new = self._round(np.asarray(context), params, sampler, stats, len(generated))
+        stats.generated_tokens = len(generated)
+        stats.total_s = time.perf_counter() - start
+        return GenerationResult(text, generated, finish, stats)
+
+    def _reset(self) -> None:
+        self.target.reset()
+        self.ngram.reset()
+        if self.draft is not None:
+            self.draft.reset()
+
+    # -- one round ------------------------------------------------------------------------
+    def _round(self, context: np.ndarray, params: SamplingParams, sampler: Sampler | None,
+               stats: GenerationStats, n_generated: int) -> list[int]:
+        room = self.capacity - len(context)  # the verify pass adds k + 1 rows to len(context) - 1
+        k_max = max(min(params.k_draft, room - 1, params.max_new_tokens - n_generated - 1), 0)
+        t0 = time.perf_counter()
+        proposal = self._propose(context, k_max, params.speculator, sampler)
+        t1 = time.perf_counter()
+        logits = self.target.append([int(context[-1]), *proposal.ids.tolist()])  # [k + 1, V]
+        t2 = time.perf_counter()
+        if sampler is None:
+            j, nxt = accept_greedy(proposal.ids, logits.argmax(axis=-1))
+        else:
+            j, nxt = accept_sampled(proposal.ids, sampler.probs(logits), proposal.q, sampler.rng)
+        self.target.rewind(len(context) + j)  # keep pending + the j accepted rows
+        k = len(proposal.ids)
+        stats.record_round(proposal.source, k, j)
+        stats.draft_passes += proposal.draft_passes
+        stats.draft_s += t1 - t0
+        stats.verify_s += t2 - t1
+        self.cost.observe_verify(k + 1, t2 - t1)
+        if proposal.source:
+            self.cost.observe_round(proposal.source, k, j)
+        if proposal.draft_passes:
+            self.cost.observe_draft(proposal.draft_passes, t1 - t0)
+        return [*proposal.ids[:j].tolist(), nxt]
+
+    def _propose(self, context: np.ndarray, k_max: int, speculator: str, sampler: Sampler | None) -> Proposal:
+        if k_max == 0 or speculator == "none":
+            return Proposal.empty()
+        if speculator == "draft":
+            return self.draft.propose(context, k_max, sampler)
+        lookup = self.ngram.propose(context, k_max)
+        if speculator == "ngram" or (speculator == "hybrid" and len(lookup.ids)):
+            return lookup
+        if speculator == "hybrid":
+            return self.draft.propose(context, k_max, sampler)
+        return self._propose_auto(context, k_max, lookup, sampler)
+
+    def _propose_auto(self, context: np.ndarray, k_max: int, lookup: Proposal, sampler) -> Proposal:
+        """Adaptive: the speculator and k (0 included) with the best expected tokens/second."""
+        options = [("none", 0, self.cost.rate("none", 0))]
+        if len(lookup.ids):
+            options.append(("ngram", *self.cost.best_k("ngram", min(k_max, len(lookup.ids)))))
+        if self.draft is not None and self.cost.draft_s is not None:
+            options.append(("draft", *self.cost.best_k("draft", k_max)))
+        source, k, _ = max(options, key=lambda o: o[2])
+        if k == 0:
+            return Proposal.empty()
+        if source == "ngram":
+            return Proposal(lookup.ids[:k], None, "ngram")
+        return self.draft.propose(context, k, sampler)

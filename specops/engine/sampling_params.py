@@ -1,0 +1,36 @@
+"""Per-request generation parameters (engine settings live in specops.config)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPECULATORS = ("none", "ngram", "draft", "hybrid", "auto")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    speculator: str = "auto"
+    k_draft: int = 4  # upper bound on proposed tokens per round
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if self.k_draft < 0:
+            raise ValueError("k_draft must be >= 0")
+        if self.speculator not in SPECULATORS:
+            raise ValueError(f"speculator must be one of {', '.join(SPECULATORS)}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0

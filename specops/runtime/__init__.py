@@ -1,0 +1,1 @@
+"""Model folders, tokenizers and the ONNX Runtime decoder (the only onnxruntime user)."""

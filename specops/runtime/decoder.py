@@ -1,0 +1,168 @@
+"""The ONNX Runtime decoder: one session, one KV cache, append and rewind.
+
+This is the only module that imports onnxruntime. Two cache layouts, chosen by the graph:
+
+- shared buffer (builder models with GroupQueryAttention, e.g. Phi-3 int4): one preallocated
+  [1, kv_heads, capacity, head_dim] buffer per layer is bound as both past and present;
+  GQA writes new entries at the position the attention mask implies. Rewind = shorter mask.
+- concat (Optimum exports, e.g. TinyLlama): the graph concatenates past and new entries into
+  `present`, which is kept as an OrtValue and fed back without a copy. A rewind leaves the
+  dropped entries in place and masks them (attention_mask 0; position_ids carry the true
+  positions); the cache is compacted once the holes pass `compact_after` slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from .model_folder import ModelFolderError, ModelSpec
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    intra_op_threads: int = 2
+    allow_spinning: bool = False  # spinning threads make CPU usage meaningless to an autoscaler
+    cpu_arena: bool = False
+
+
+def make_session(spec: ModelSpec, cfg: SessionConfig) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.intra_op_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.enable_cpu_mem_arena = cfg.cpu_arena
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(spec.model_file), so, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelFolderError(f"{spec.model_file}: onnxruntime cannot load it ({err})") from None
+
+
+class Decoder:
+    """A causal LM with its KV cache. `length` tokens are cached; `append` adds more."""
+
+    def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), capacity: int | None = None,
+                 compact_after: int = 64):
+        self.spec = spec
+        self.session = make_session(spec, cfg)
+        self.capacity = min(capacity or spec.context_length, spec.context_length)
+        self._check_io()
+        self.compact_after = compact_after
+        self.length = 0
+        self._io = self.session.io_binding()
+        self.reset()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _check_io(self) -> None:
+        spec = self.spec
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.has_position_ids = "position_ids" in inputs
+        self.past_names = [(spec.past_key % i, spec.past_value % i) for i in range(spec.num_layers)]
+        self.present_names = [(spec.present_key % i, spec.present_value % i) for i in range(spec.num_layers)]
+        needed = [spec.input_ids, spec.attention_mask] + [n for pair in self.past_names for n in pair]
+        missing = [n for n in needed if n not in inputs]
+        missing += [n for n in [spec.logits] + [n for p in self.present_names for n in p] if n not in outputs]
+        if missing:
+            raise ModelFolderError(f"{spec.model_file}: unsupported model, missing inputs/outputs {missing[:4]}")
+        unknown = set(inputs) - set(needed) - {"position_ids"}
+        if unknown:
+            raise ModelFolderError(f"{spec.model_file}: unsupported model inputs {sorted(unknown)}")
+        kv_type = inputs[self.past_names[0][0]].type
+        if kv_type not in _DTYPES:
+            raise ModelFolderError(f"{spec.model_file}: unsupported KV cache type {kv_type}")
+        self.kv_dtype = _DTYPES[kv_type]
+        self.shared = spec.share_past_present and not self.has_position_ids
+
+    def reset(self) -> None:
+        """Forget the cache (keeps the buffers)."""
+        spec = self.spec
+        self.length = 0
+        if self.shared:
+            if not hasattr(self, "_kv"):
+                shape = (1, spec.kv_heads, self.capacity, spec.head_dim)
+                self._kv = [tuple(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)) for _ in "kv")
+                            for _ in range(spec.num_layers)]
+        else:
+            empty = np.zeros((1, spec.kv_heads, 0, spec.head_dim), self.kv_dtype)
+            self._kv = [tuple(ort.OrtValue.ortvalue_from_numpy(empty) for _ in "kv") for _ in range(spec.num_layers)]
+            self._slot_valid = np.zeros(self.capacity + self.compact_after + 64, np.int64)  # 1 = live slot
+            self._slots = 0  # physical entries in the concat cache, live or masked
+
+    # -- forward ---------------------------------------------------------------------------
+    def append(self, ids, all_logits: bool = True) -> np.ndarray:
+        """Run `ids` (the next tokens) on top of the cache. Returns logits [n, vocab] (fp32),
+        or [1, vocab] for the last token only when `all_logits` is False."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        n = ids.shape[1]
+        if n == 0:
+            raise ValueError("append needs at least one token")
+        if self.length + n > self.capacity:
+            raise OverflowError(f"context full: {self.length} + {n} > {self.capacity} tokens")
+        io = self._io
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        io.bind_cpu_input(self.spec.input_ids, ids)
+        io.bind_output(self.spec.logits, "cpu")  # first, so that outputs[0] is the logits
+        if self.shared:
+            io.bind_cpu_input(self.spec.attention_mask, np.ones((1, self.length + n), np.int64))
+            for (pk, pv), (ok, ov), (k, v) in zip(self.past_names, self.present_names, self._kv):
+                io.bind_ortvalue_input(pk, k)
+                io.bind_ortvalue_input(pv, v)
+                io.bind_ortvalue_output(ok, k)
+                io.bind_ortvalue_output(ov, v)
+        else:
+            if self._slots + n > len(self._slot_valid):
+                self._compact()
+            self._slot_valid[self._slots:self._slots + n] = 1
+            io.bind_cpu_input(self.spec.attention_mask, self._slot_valid[None, :self._slots + n].copy())
+            for (pk, pv), (k, v) in zip(self.past_names, self._kv):
+                io.bind_ortvalue_input(pk, k)
+                io.bind_ortvalue_input(pv, v)
+            for ok, ov in self.present_names:
+                io.bind_output(ok, "cpu")
+                io.bind_output(ov, "cpu")
+        if self.has_position_ids:
+            io.bind_cpu_input("position_ids", np.arange(self.length, self.length + n, dtype=np.int64)[None])
+        self.session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        if not self.shared:
+            self._kv = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.spec.num_layers)]
+            self._slots += n
+        self.length += n
+        logits = outputs[0].numpy()[0]  # [n, vocab]
+        return logits if all_logits else logits[-1:]
+
+    def prefill(self, ids, chunk: int = 512) -> np.ndarray:
+        """Append a long prompt in chunks (bounds the attention scratch); last logits [vocab]."""
+        ids = np.asarray(ids, dtype=np.int64)
+        logits = None
+        for start in range(0, len(ids), chunk):
+            logits = self.append(ids[start:start + chunk], all_logits=False)
+        return logits[-1]
+
+    def rewind(self, length: int) -> None:
+        """Drop cached tokens after the first `length`; no copy of the cache."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind to {length}: cache holds {self.length}")
+        if not self.shared and length < self.length:
+            live = np.flatnonzero(self._slot_valid[:self._slots])
+            self._slot_valid[live[length:]] = 0
+            if self._slots - length > self.compact_after:
+                self._compact()
+        self.length = length
+
+    def _compact(self) -> None:
+        """Concat layout: squeeze masked slots out (amortised, not per step)."""
+        live = np.flatnonzero(self._slot_valid[:self._slots])
+        self._kv = [tuple(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(t.numpy()[:, :, live]))
+                          for t in pair) for pair in self._kv]
+        self._slot_valid[:] = 0
+        self._slot_valid[:len(live)] = 1
+        self._slots = len(live)

@@ -1,0 +1,1 @@
+"""Speculators: context ids in, proposed ids out (plus draft probabilities for sampling)."""

@@ -1,0 +1,34 @@
+"""The one-method speculator interface."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Proposal:
+    ids: np.ndarray  # [k] proposed target-vocabulary ids (k may be 0)
+    q: np.ndarray | None = None  # [k, target_vocab] draft probabilities; None = deterministic
+    source: str = ""  # which speculator made it ("ngram", "draft")
+    draft_passes: int = 0
+
+    @classmethod
+    def empty(cls, source: str = "") -> "Proposal":
+        return cls(np.zeros(0, dtype=np.int64), None, source)
+
+
+class Speculator(Protocol):
+    name: str
+
+    def propose(self, context: np.ndarray, k: int, sampler=None) -> Proposal:
+        """Up to k ids that may follow `context` (all committed ids, prompt included).
+
+        `sampler` (specops.engine.sampling.Sampler) is given in sampling mode: a draft model
+        then draws its proposals and returns their probabilities q."""
+        ...
+
+    def reset(self) -> None:
+        """Forget any state kept from a previous request."""
+        ...

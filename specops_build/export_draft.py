@@ -1,0 +1,153 @@
+"""Export a Llama checkpoint in the Optimum layout TinyLlama ONNX exports use.
+
+Inputs: input_ids [b, s], attention_mask [b, past + s], position_ids [b, s],
+past_key_values.%d.key/value [b, kv_heads, past, head_dim]; outputs: logits [b, s, vocab],
+present.%d.key/value [b, kv_heads, past + s, head_dim]. Then 4-bit weight-only
+quantization with onnxruntime's own MatMulNBits quantizer (MatMul and Gather).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ExplicitCacheLlama(nn.Module):
+    """HF LlamaForCausalLM forward with the KV cache as explicit tensors (traceable).
+
+    Same maths as the HF model; the graph is kept small because a draft pass is
+    dominated by per-operator overhead: q/k/v and gate/up are each one fused MatMul,
+    rotary cos/sin come from a table gathered once, grouped KV heads are expanded
+    with a broadcast instead of a copy per head.
+    """
+
+    def __init__(self, hf):
+        super().__init__()
+        cfg = hf.config
+        self.hf = hf
+        self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.inter = cfg.intermediate_size
+        theta = cfg.rope_parameters["rope_theta"]
+        inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2).float() / self.head_dim))
+        freqs = torch.arange(cfg.max_position_embeddings).float()[:, None] * inv  # [P, d/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos_table", emb.cos(), persistent=False)  # [P, d]
+        self.register_buffer("sin_table", emb.sin(), persistent=False)
+        self.qkv = nn.ModuleList()
+        self.gate_up = nn.ModuleList()
+        for layer in hf.model.layers:
+            a, m = layer.self_attn, layer.mlp
+            qkv = nn.Linear(cfg.hidden_size, (self.heads + 2 * self.kv_heads) * self.head_dim, bias=False)
+            qkv.weight.data = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+            gu = nn.Linear(cfg.hidden_size, 2 * self.inter, bias=False)
+            gu.weight.data = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+            self.qkv.append(qkv)
+            self.gate_up.append(gu)
+
+    @staticmethod
+    def _rope(x, cos, sin):  # x [b, h, s, d]; rotate-half convention of HF Llama
+        half = x.shape[-1] // 2
+        return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        b, s = input_ids.shape
+        h_, kv, d = self.heads, self.kv_heads, self.head_dim
+        model = self.hf.model
+        x = model.embed_tokens(input_ids)
+        cos = F.embedding(position_ids, self.cos_table)[:, None]  # [b, 1, s, d]
+        sin = F.embedding(position_ids, self.sin_table)[:, None]
+        past_len = past[0].shape[2]
+        q_pos = torch.arange(s) + past_len
+        k_pos = torch.arange(past_len + s)
+        allowed = (k_pos[None, :] <= q_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+        bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)  # [b, 1, s, past + s]
+        presents = []
+        for i, layer in enumerate(model.layers):
+            qkv = self.qkv[i](layer.input_layernorm(x)).view(b, s, h_ + 2 * kv, d).transpose(1, 2)
+            q, k, v = qkv.split([h_, kv, kv], dim=1)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            k = torch.cat([past[2 * i], k], dim=2)  # [b, kv, past + s, d]
+            v = torch.cat([past[2 * i + 1], v], dim=2)
+            presents += [k, v]
+            # grouped-query attention: query heads [b, kv, rep * s, d] share their KV head
+            qg = q.reshape(b, kv, (h_ // kv) * s, d)
+            scores = (qg @ k.transpose(-1, -2)).view(b, h_, s, -1) * (1.0 / math.sqrt(d)) + bias
+            o = (F.softmax(scores, dim=-1).view(b, kv, (h_ // kv) * s, -1) @ v).view(b, h_, s, d)
+            x = x + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, s, h_ * d))
+            gate, up = self.gate_up[i](layer.post_attention_layernorm(x)).split([self.inter, self.inter], dim=-1)
+            x = x + layer.mlp.down_proj(F.silu(gate) * up)
+        logits = self.hf.lm_head(model.norm(x))
+        return (logits, *presents)
+
+
+def export_optimum_style(hf, path: Path) -> None:
+    """fp32 ONNX export of `hf` (a LlamaForCausalLM) to `path`."""
+    cfg = hf.config
+    wrapper = ExplicitCacheLlama(hf).eval()
+    layers, kv, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, wrapper.head_dim
+    past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    present_names = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+    ids = torch.ones(1, 3, dtype=torch.int64)
+    past = [torch.zeros(1, kv, 2, hd) for _ in past_names]
+    dyn = {"input_ids": {0: "batch_size", 1: "sequence_length"},
+           "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+           "position_ids": {0: "batch_size", 1: "sequence_length"},
+           "logits": {0: "batch_size", 1: "sequence_length"}}
+    for name in past_names:
+        dyn[name] = {0: "batch_size", 2: "past_sequence_length"}
+    for name in present_names:
+        dyn[name] = {0: "batch_size", 2: "total_sequence_length"}
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (ids, torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *past),
+            str(path), dynamo=False, opset_version=20, do_constant_folding=True,
+            input_names=["input_ids", "attention_mask", "position_ids", *past_names],
+            output_names=["logits", *present_names], dynamic_axes=dyn,
+        )
+
+
+def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
+    """Weight-only int4 (MatMul -> MatMulNBits, Gather -> GatherBlockQuantized)."""
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+
+    quant = MatMulNBitsQuantizer(
+        onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4,
+        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    quant.process()
+    onnx.save_model(quant.model.model, str(dst))
+
+
+def max_logit_error(hf, onnx_path: Path) -> float:
+    """Compare the ONNX export with the torch model: prefill, then a 2-token append on the past."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    cfg = hf.config
+    kv, hd = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    ids = np.random.default_rng(0).integers(3, cfg.vocab_size, size=(1, 12))
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(ids)).logits.numpy()
+    feeds = {"input_ids": ids[:, :10], "attention_mask": np.ones((1, 10), np.int64),
+             "position_ids": np.arange(10)[None]}
+    for i in range(cfg.num_hidden_layers):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, kv, 0, hd), np.float32)
+    out = sess.run(None, feeds)
+    feeds2 = {"input_ids": ids[:, 10:], "attention_mask": np.ones((1, 12), np.int64),
+              "position_ids": np.arange(10, 12)[None]}
+    for j, name in enumerate(o.name for o in sess.get_outputs()[1:]):
+        feeds2[name.replace("present", "past_key_values")] = out[1 + j]
+    out2 = sess.run(None, feeds2)
+    got = np.concatenate([out[0], out2[0]], axis=1)
+    return float(np.abs(got - ref).max())

@@ -1,0 +1,136 @@
+"""Golden outputs (onnxruntime-genai), the quality/cost report, and the checksum manifests."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN_NEW_TOKENS = 48
+
+
+def load_prompts(name: str) -> list[dict]:
+    return [json.loads(line) for line in (ROOT / "prompts" / f"{name}.jsonl").read_text().splitlines() if line]
+
+
+def prompt_text(item: dict, tokenizer) -> str:
+    """Chat prompts go through the target's chat template; others are raw text."""
+    if item["kind"] == "chat":
+        from specops.runtime.tokenizer import ChatMessage
+
+        return tokenizer.apply_chat_template([ChatMessage("user", item["prompt"])])
+    return item["prompt"]
+
+
+def stage_golden(out: Path, log) -> None:
+    """Target-only greedy ids from an independent implementation: onnxruntime-genai."""
+    import onnxruntime_genai as og
+
+    from specops.runtime.tokenizer import TextTokenizer
+
+    folder = out / "target"
+    model = og.Model(str(folder))
+    og_tok = og.Tokenizer(model)
+    ours = TextTokenizer(folder)
+    items = [p for p in load_prompts("free") if p["kind"] == "free"][:12] + \
+            [p for p in load_prompts("free") if p["kind"] == "chat"][:4]
+    records = []
+    for item in items:
+        text = prompt_text(item, ours)
+        ids = [int(i) for i in og_tok.encode(text)]
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + GOLDEN_NEW_TOKENS)
+        gen = og.Generator(model, params)
+        gen.append_tokens(np.asarray(ids, dtype=np.int32))
+        while not gen.is_done():
+            gen.generate_next_token()
+        seq = [int(i) for i in gen.get_sequence(0)]
+        records.append({"prompt": text, "prompt_ids": ids, "output_ids": seq[len(ids):]})
+    path = out / "golden" / "target_greedy.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"generator": f"onnxruntime-genai {og.__version__}", "max_new_tokens":
+                                GOLDEN_NEW_TOKENS, "records": records}, indent=1) + "\n")
+    log(f"golden: {len(records)} prompts from onnxruntime-genai greedy -> {path}")
+
+
+def pass_costs(target, draft, past: int = 100, repeats: int = 300) -> dict:
+    """Median ms of one pass over 1 and 5 new tokens after `past` tokens, interleaved."""
+    ids = (np.arange(past + 5) % 500 + 3).tolist()
+    for dec in (target, draft):
+        dec.reset()
+        dec.prefill(ids[:past])
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, dec in (("target", target), ("draft", draft)):
+            for n in (1, 5):
+                t = time.perf_counter()
+                dec.append(ids[past:past + n])
+                times.setdefault(f"{name}_{n}_ms", []).append((time.perf_counter() - t) * 1000)
+                dec.rewind(past)
+    out = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+    out["ratio_1_token"] = round(out["target_1_ms"] / out["draft_1_ms"], 2)
+    return out
+
+
+def perplexity(decoder, docs: list[list[int]], window: int = 512) -> float:
+    nll, count = 0.0, 0
+    for ids in docs:
+        ids = ids[:window]
+        decoder.reset()
+        logits = decoder.append(ids[:-1]).astype(np.float64)  # [n - 1, V]
+        logits -= logits.max(axis=-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+        nll -= logp[np.arange(len(ids) - 1), ids[1:]].sum()
+        count += len(ids) - 1
+    decoder.reset()
+    return float(np.exp(nll / count))
+
+
+def stage_report(out: Path, work: Path, plan, log) -> None:
+    from specops.config import Settings
+    from specops.engine.sampling_params import SamplingParams
+    from specops.loader import ModelPaths, load_engine
+    from specops_build.corpus import load_corpus
+
+    paths = ModelPaths(out / "target", out / "target", out / "draft", out / "draft")
+    engine = load_engine(Settings(verify_checksums=False), paths, calibrate=False)
+    report: dict = {"sizes_mb": {}, "plan": {"target": vars(plan.target), "draft": vars(plan.draft),
+                                             "seed": plan.seed, "target_steps": plan.target_steps}}
+    for name in ("target", "draft"):
+        report["sizes_mb"][name] = round(sum(f.stat().st_size for f in (out / name).iterdir()) / 1e6, 2)
+    report["pass_costs"] = pass_costs(engine.target, engine.draft.decoder)
+    log(f"report: pass costs {report['pass_costs']}")
+    docs = [engine.tokenizer.encode(d) for d in load_corpus().held_out]
+    report["held_out_perplexity"] = {"target": round(perplexity(engine.target, docs), 2),
+                                     "draft": round(perplexity(engine.draft.decoder, docs), 2),
+                                     "tokens": int(sum(min(len(d), 512) - 1 for d in docs))}
+    log(f"report: held-out perplexity {report['held_out_perplexity']}")
+    # Greedy agreement = acceptance of one-token draft proposals against target greedy.
+    accepted = proposed = 0
+    samples = []
+    for item in load_prompts("free"):
+        ids = engine.tokenizer.encode(prompt_text(item, engine.tokenizer))
+        res = engine.generate(ids, SamplingParams(max_new_tokens=64, speculator="draft", k_draft=1))
+        accepted += res.stats.accepted
+        proposed += res.stats.proposed
+        if len(samples) < 6:
+            samples.append({"prompt": item["prompt"], "completion": res.text})
+    report["draft_target_greedy_agreement"] = round(accepted / max(proposed, 1), 3)
+    report["samples"] = samples
+    log(f"report: draft/target greedy agreement {report['draft_target_greedy_agreement']}")
+    (out / "build_report.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def stage_manifest(out: Path, log) -> None:
+    """manifest.sha256 in each model folder (sha256sum format), verified at load."""
+    for name in ("target", "draft", "golden"):
+        folder = out / name
+        lines = []
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and f.name != "manifest.sha256":
+                lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}")
+        (folder / "manifest.sha256").write_text("\n".join(lines) + "\n")
+        log(f"manifest: {len(lines)} files in {folder}")
