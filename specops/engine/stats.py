@@ -14,6 +14,7 @@ class GenerationStats:
     rounds: int = 0
     proposed: int = 0
     accepted: int = 0
+    rejections: int = 0  # rounds whose proposal was cut short (at most one per round)
     accepted_per_position: list[int] = field(default_factory=list)  # [i]: rounds accepting > i
     proposals_by: dict[str, int] = field(default_factory=dict)  # rounds per speculator used
     prefill_s: float = 0.0
@@ -37,6 +38,12 @@ class GenerationStats:
         return self.accepted / self.proposed if self.proposed else 0.0
 
     @property
+    def per_token_acceptance(self) -> float:
+        """a in the cost model: accepted / (accepted + rejections), the geometric-model MLE."""
+        trials = self.accepted + self.rejections
+        return self.accepted / trials if trials else 0.0
+
+    @property
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.total_s if self.total_s > 0 else 0.0
 
@@ -49,6 +56,7 @@ class GenerationStats:
         self.target_passes += 1
         self.proposed += proposed
         self.accepted += accepted
+        self.rejections += accepted < proposed
         if proposed:
             self.proposals_by[source] = self.proposals_by.get(source, 0) + 1
         if accepted > len(self.accepted_per_position):

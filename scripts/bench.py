@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Speculators vs target-only decoding on the committed prompt sets (copy-heavy and free),
+in one run, interleaved, medians; with the cost-model bound. Prints one JSON line; --json
+writes it to a file, --chart draws tok/s and TPJ per speculator (needs matplotlib). Not a test.
+
+    python scripts/bench.py [--repeats 3] [--max-new-tokens 96] [--k 4] [--json out.json] [--chart out.png]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from specops.bench import greedy_mismatches, load_prompt_set, run_interleaved, summarize  # noqa: E402
+from specops.config import Settings  # noqa: E402
+from specops.loader import load_engine  # noqa: E402
+
+SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
+
+
+class Progress:
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.time()
+
+    def __call__(self) -> None:
+        self.done += 1
+        width = 30
+        filled = width * self.done // self.total
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+              f"{time.time() - self.start:5.0f}s", end="", file=sys.stderr, flush=True)
+        if self.done == self.total:
+            print(file=sys.stderr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="copy,free")
+    parser.add_argument("--speculators", default=",".join(SPECULATORS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--k", type=int, default=4, help="k_draft upper bound")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts of each set")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--chart", type=Path)
+    args = parser.parse_args()
+
+    engine = load_engine(Settings())
+    speculators = args.speculators.split(",")
+    sets = {name: load_prompt_set(name, engine.tokenizer) for name in args.sets.split(",")}
+    if args.limit:
+        sets = {k: v[:args.limit] for k, v in sets.items()}
+    progress = Progress(sum(len(p) for p in sets.values()) * len(speculators) * args.repeats)
+    report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
+              "max_new_tokens": args.max_new_tokens, "k": args.k,
+              "verify_ms": [round(t * 1000, 3) for t in engine.cost.verify_s[:args.k + 1]],
+              "draft_ms": round((engine.cost.draft_s or 0) * 1000, 3), "sets": {}}
+    for name, prompts in sets.items():
+        results = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress)
+        report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k)}
+        if "none" in results:
+            report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
+    line = json.dumps(report)
+    print(line)
+    if args.json:
+        args.json.write_text(line + "\n")
+    if args.chart:
+        from specops_chart import draw  # noqa: PLC0415  (matplotlib only when asked)
+
+        draw(report, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Measure speculators against target-only decoding in one run (used by scripts/bench.py and
+scripts/ci_benchmark.py). Repeats are interleaved (each prompt runs every speculator in turn)
+so that machine drift cancels in the per-prompt speedup ratios; figures are medians."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .engine.adaptive import expected_tokens
+from .engine.llm_engine import Engine, GenerationResult
+from .engine.sampling_params import SamplingParams
+from .runtime.tokenizer import ChatMessage
+
+PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
+Results = dict[str, list[list[GenerationResult]]]  # speculator -> [prompt][repeat]
+
+
+def load_prompt_set(name: str, tokenizer) -> list[list[int]]:
+    items = [json.loads(line) for line in (PROMPTS / f"{name}.jsonl").read_text().splitlines() if line]
+    out = []
+    for item in items:
+        text = item["prompt"]
+        if item["kind"] == "chat":
+            text = tokenizer.apply_chat_template([ChatMessage("user", text)])
+        out.append(tokenizer.encode(text))
+    return out
+
+
+def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[str], repeats: int,
+                    max_new_tokens: int, k: int, tick: Callable[[], None] | None = None) -> Results:
+    """Each repeat runs every prompt under every speculator back to back."""
+    out: Results = {s: [[] for _ in prompts] for s in speculators}
+    for _ in range(repeats):
+        for i, ids in enumerate(prompts):
+            for s in speculators:
+                params = SamplingParams(max_new_tokens=max_new_tokens, speculator=s, k_draft=k)
+                out[s][i].append(engine.generate(ids, params))
+                if tick:
+                    tick()
+    return out
+
+
+def cost_bound(a: float, k: int, verify_ratio: float, c: float) -> float:
+    """Leviathan et al.'s speedup bound with the measured verify cost:
+    E(a, k) / (verify(k + 1) / verify(1) + k c), c = draft pass / target pass."""
+    return expected_tokens(a, k) / (verify_ratio + k * c) if k else 1.0
+
+
+def summarize(results: Results, engine: Engine, k: int) -> dict[str, dict]:
+    """Medians per speculator; speedup = median over (prompt, repeat) of time(none) / time(s)."""
+    base = results.get("none")
+    cost = engine.cost
+    c = (cost.draft_s or 0.0) / cost.verify(1)
+    out = {}
+    for s, per_prompt in results.items():
+        flat = [r for runs in per_prompt for r in runs]
+        accepted = sum(r.stats.accepted for r in flat)
+        trials = accepted + sum(r.stats.rejections for r in flat)
+        row = {
+            "tok_s": float(np.median([r.stats.tokens_per_second for r in flat])),
+            "tpj": sum(r.stats.decode_tokens for r in flat) / max(sum(r.stats.target_passes for r in flat), 1),
+            "acceptance": accepted / max(sum(r.stats.proposed for r in flat), 1),
+            "per_token_acceptance": accepted / trials if trials else 0.0,
+        }
+        if base is not None:
+            ratios = [b.stats.total_s / r.stats.total_s * (r.stats.generated_tokens / max(b.stats.generated_tokens, 1))
+                      for bs, rs in zip(base, per_prompt) for b, r in zip(bs, rs)]
+            row["speedup"] = float(np.median(ratios))
+        if s in ("ngram", "draft"):
+            a = row["per_token_acceptance"]
+            row["bound"] = cost_bound(a, k, cost.verify(k + 1) / cost.verify(1), c if s == "draft" else 0.0)
+            row["of_bound"] = row["speedup"] / row["bound"] if base is not None and row["bound"] else None
+        out[s] = {key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()}
+    return out
+
+
+def greedy_mismatches(results: Results) -> dict[str, list[int]]:
+    """Prompts whose greedy token ids differ from `none` (callers then check for near-ties)."""
+    base = results["none"]
+    return {s: [i for i, (b, r) in enumerate(zip(base, runs)) if b[0].token_ids != r[0].token_ids]
+            for s, runs in results.items() if s != "none"}

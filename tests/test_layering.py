@@ -1,0 +1,34 @@
+"""The algorithm does no I/O: engine and speculators import neither FastAPI nor
+prometheus_client, and only specops/runtime/decoder.py imports onnxruntime."""
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "specops"
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_engine_and_speculators_do_no_io():
+    for folder in ("engine", "speculators"):
+        for path in (PKG / folder).glob("*.py"):
+            bad = imports(path) & {"fastapi", "starlette", "prometheus_client", "uvicorn", "onnxruntime"}
+            assert not bad, f"{path.name} imports {bad}"
+
+
+def test_only_the_decoder_imports_onnxruntime():
+    users = {p.relative_to(PKG).as_posix() for p in PKG.rglob("*.py") if "onnxruntime" in imports(p)}
+    assert users == {"runtime/decoder.py"}
+
+
+def test_runtime_never_imports_build_tools():
+    for path in PKG.rglob("*.py"):
+        bad = imports(path) & {"torch", "transformers", "onnxruntime_genai", "specops_build"}
+        assert not bad, f"{path} imports {bad}"
