@@ -70,7 +70,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(line + "\n")
     if args.chart:
-        from specops_chart import draw  # noqa: PLC0415  (matplotlib only when asked)
+        from chart import draw  # scripts/chart.py; matplotlib only when asked
 
         draw(report, args.chart)
     return 0
