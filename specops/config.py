@@ -40,3 +40,13 @@ class Settings(BaseSettings):
     k_draft: int = Field(4, ge=0, le=16, description="default upper bound on proposals per round")
     ngram_min: int = Field(1, ge=1, le=8, description="shortest suffix the n-gram lookup matches")
     ngram_max: int = Field(4, ge=1, le=16, description="longest suffix the n-gram lookup matches")
+
+    # -- memory budget (specops.budget: checked at start, shown in /health) -------------------
+    memory_limit_bytes: int = Field(0, ge=0, description="memory the process may use; 0 = the cgroup's memory.max")
+    memory_auto_context_cap: bool = Field(
+        True, description="lower the context cap until the plan fits the memory limit, instead of refusing")
+    memory_min_context: int = Field(256, ge=16, le=131072,
+                                    description="smallest context cap worth serving; a plan below it is refused")
+    memory_overhead_bytes: int = Field(256 * 2**20, ge=0,
+                                       description="Python, onnxruntime, tokenizers and the server beyond "
+                                                   "weights and caches (about 100 MiB measured, plus slack)")
