@@ -60,6 +60,17 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .server.app import create_app
+
+    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    settings = Settings(**given)  # serve has no per-request flags: every settings flag applies
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specops", description="Speculative decoding on ONNX Runtime.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     _add_settings_flags(gen)
     gen.set_defaults(func=_generate)
+    serve = sub.add_parser("serve", help="run the HTTP service (as `uvicorn main:app`; see docs/service.md)")
+    _add_settings_flags(serve)
+    serve.set_defaults(func=_serve)
     return parser
 
 

@@ -41,6 +41,28 @@ class Settings(BaseSettings):
     ngram_min: int = Field(1, ge=1, le=8, description="shortest suffix the n-gram lookup matches")
     ngram_max: int = Field(4, ge=1, le=16, description="longest suffix the n-gram lookup matches")
 
+    # -- service (HTTP server, admission, model sync) ---------------------------------------
+    host: str = Field("0.0.0.0", description="address the HTTP server binds")
+    port: int = Field(8888, ge=1, le=65535, description="port the HTTP server listens on")
+    queue_size: int = Field(16, ge=1, le=4096,
+                            description="requests that may wait behind the running one; beyond it: 429")
+    queue_timeout_s: float = Field(60.0, gt=0, le=3600,
+                                   description="longest a request waits for the engine before a 503")
+    request_timeout_s: float = Field(300.0, gt=0, le=86400,
+                                     description="longest one generation runs; it then ends early")
+    drain_grace_s: float = Field(25.0, ge=0, le=3600,
+                                 description="after SIGTERM, time for queued and running requests to finish")
+    api_key: str = Field("", repr=False,
+                         description="bearer key required on every endpoint but health and metrics; '' = open")
+    max_new_tokens_limit: int = Field(2048, ge=1, le=65536, description="largest max_new_tokens a request may ask")
+    default_max_new_tokens: int = Field(128, ge=1, le=65536,
+                                        description="max_new_tokens for requests that give none")
+    served_model_name: str = Field("specops", min_length=1, description="model id shown by /v1/models")
+    warmup_tokens: int = Field(8, ge=0, le=256, description="tokens of the warm-up generation; 0 = no warm-up")
+    sync_retries: int = Field(2, ge=0, le=10, description="extra attempts at a failed hub download")
+    sync_retry_delay_s: float = Field(5.0, ge=0, le=600, description="pause before a download is retried")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="service log level")
+
     # -- memory budget (specops.budget: checked at start, shown in /health) -------------------
     memory_limit_bytes: int = Field(0, ge=0, description="memory the process may use; 0 = the cgroup's memory.max")
     memory_auto_context_cap: bool = Field(

@@ -42,6 +42,9 @@ class Metrics:
         self.queue_depth = Gauge("specops_queue_depth", "Requests waiting for the engine.", registry=r)
         self.in_flight = Gauge("specops_requests_in_flight", "Requests being generated.", registry=r)
         self.model_ready = Gauge("specops_model_ready", "1 when a generation can be served.", registry=r)
+        self.generations = Counter("specops_generations_total", "Finished generations by finish reason "
+                                   "(stop, length, cancelled, timeout).", ["speculator", "finish_reason"],
+                                   registry=r)
 
     def record_generation(self, stats) -> None:
         """Turn an engine GenerationStats into metric updates."""
