@@ -133,3 +133,14 @@ def test_sigterm_past_the_grace_period_cancels_and_refuses_but_loses_nothing():
     assert done["finish_reason"] == "cancelled" and done["usage"]["completion_tokens"] < 2000
     assert queued.status_code == 503 and queued.json()["error"]["code"] == "shutdown"
     assert code == 0, server.log()
+
+
+def test_hub_source_that_cannot_be_fetched_fails_with_the_reason(tmp_path):
+    # HF_HUB_OFFLINE=1 (set by the harness): the download fails at once, without network
+    server = start_server({"SPECOPS_TARGET_MODEL": "specops-test/no-such-model", "SPECOPS_SYNC_RETRIES": "0",
+                           "SPECOPS_MODEL_CACHE_DIR": str(tmp_path)})
+    try:
+        body = server.wait_state("failed")
+        assert body["reason"].startswith("syncing: specops-test/no-such-model: download failed")
+    finally:
+        assert server.stop() == 0, server.log()

@@ -14,7 +14,7 @@ from fastapi import Request
 
 from ..config import Settings
 from ..engine.llm_engine import GenerationResult
-from .errors import Unavailable
+from .errors import ServiceError, Unavailable
 from .health import Health
 from .validation import ValidRequest
 from .worker import EngineWorker, Job
@@ -47,8 +47,9 @@ class Ticket:
         self.backend, self.loop = backend, asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
         self.admitted = time.perf_counter()
-        self.job = Job(valid.prompt_ids, valid.params, on_tokens=self._on_tokens, on_start=self._on_start,
-                       time_limit_s=backend.settings.request_timeout_s)
+        # only a stream needs per-round text: a plain request costs the event loop nothing per round
+        self.job = Job(valid.prompt_ids, valid.params, on_tokens=self._on_tokens if valid.stream else None,
+                       on_start=self._on_start, time_limit_s=backend.settings.request_timeout_s)
         self.started = asyncio.Event()
         self.done = asyncio.wrap_future(self.job.future)  # never cancelled by us: see result()
         self.timer: asyncio.TimerHandle | None = None  # the queue timeout, until the job starts
@@ -98,8 +99,10 @@ class Ticket:
         queue_s = self.job.started_at - self.admitted
         return Finished(result, queue_s, time.perf_counter() - self.admitted, queue_s + result.stats.ttft_s)
 
-    async def stream(self) -> AsyncIterator[Delta | Finished]:
-        """Text deltas as rounds commit, then Finished. Closing the iterator cancels the job."""
+    async def stream(self) -> AsyncIterator[Delta | Finished | ServiceError]:
+        """Text deltas as rounds commit, then Finished (or the ServiceError that ended the
+        generation: headers are sent by then, so it travels as the last event).
+        Closing the iterator cancels the job."""
         get = None
         try:
             while not (self.done.done() and self.events.empty()):
@@ -108,7 +111,12 @@ class Ticket:
                 if get.done():
                     yield get.result()
                 get.cancel()
-            yield self._finished(self.done.result())
+            try:
+                finished = self._finished(self.done.result())
+            except ServiceError as err:
+                yield err
+            else:
+                yield finished
         finally:
             if get is not None:
                 get.cancel()

@@ -106,7 +106,8 @@ class ModelSync:
             engine = self._load(paths, *specs)
             self._enter("warming")
             self._warm_up(engine)
-            self.health.models.update(self._describe(paths, engine))
+            # a new dict, swapped in whole: /health may be serializing the old one right now
+            self.health.models = {**self.health.models, **self._describe(paths, engine)}
             self.on_ready(engine)
             self.health.set("ready")
         except Exception as err:  # reported through /health and the log, never a silent exit

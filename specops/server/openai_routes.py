@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 
 from ..runtime.tokenizer import ChatMessage
 from .backend import Delta, Finished, Ticket
-from .errors import ModelNotFound
+from .errors import ModelNotFound, ServiceError, error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from .routes import respond, sse
 from .service import Service, get_service
@@ -83,6 +83,9 @@ class _Stream:
                 if item.text:
                     yield self.chunk([self.choice(item.text, None)])
                 continue
+            if isinstance(item, ServiceError):  # as OpenAI streams an error: an `error` object
+                yield sse(error_body(item.message, item.type, item.param, item.code))
+                break
             yield self.chunk([self.choice(None, _finish_reason(item.result.finish_reason))],
                              specops=_specops_stats(item))
             if self.include_usage:

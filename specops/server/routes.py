@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .backend import ClientGone, Delta, Finished, Ticket
+from .errors import ServiceError, error_body
 from .schemas import GenerateRequest, GenerateResponse, HealthResponse, StreamDelta
 from .service import Service, get_service
 from .validation import ValidRequest, validate
@@ -70,10 +71,16 @@ def generate_response(done: Finished) -> dict:
         ttft_ms=round(done.ttft_s * 1000, 3)).model_dump()
 
 
+def sse_error(err: ServiceError) -> str:
+    return sse({"type": "error", **error_body(err.message, err.type, err.param, err.code)})
+
+
 async def _generate_events(ticket: Ticket) -> AsyncIterator[str]:
     async for item in ticket.stream():
         if isinstance(item, Delta):
             yield sse(StreamDelta(text=item.text, token_count=item.token_count).model_dump())
+        elif isinstance(item, ServiceError):
+            yield sse_error(item)
         else:
             yield sse({"type": "done", **generate_response(item)})
 

@@ -1,0 +1,152 @@
+"""Load test against a running SpecOps server: concurrent clients, a fixed count of requests.
+
+    python scripts/load_test.py --url http://127.0.0.1:8888 --clients 8 --requests 64
+    python scripts/load_test.py --clients 1 --requests 16 --engine-baseline
+
+Each request streams /generate (so time to first token is seen by the client). Prints one
+JSON line: requests/s, tokens/s, latency and TTFT percentiles (ms), errors by kind. With
+--engine-baseline the same requests first run through an in-process engine (the server's
+SPECOPS_* settings must match) to give the engine's own tokens/s and the HTTP/engine ratio.
+Greedy, fixed prompt order (--seed): runs are comparable.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_prompts(path: Path, count: int, seed: int) -> list[str]:
+    prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+    random.Random(seed).shuffle(prompts)
+    return [prompts[i % len(prompts)] for i in range(count)]
+
+
+async def one_request(client: httpx.AsyncClient, body: dict) -> dict:
+    """Stream one /generate; returns latency, TTFT, tokens, or the error kind."""
+    t0 = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", "/generate", json={**body, "stream": True}) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return {"error": f"http_{r.status_code}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if event["type"] == "token" and ttft is None:
+                ttft = time.perf_counter() - t0
+            elif event["type"] == "done":
+                latency = time.perf_counter() - t0
+                return {"latency_s": latency, "ttft_s": ttft if ttft is not None else latency,
+                        "tokens": event["usage"]["completion_tokens"],
+                        "server_tokens_per_second": event["tokens_per_second"]}
+    return {"error": "no_done_event"}
+
+
+async def run_clients(url: str, bodies: list[dict], clients: int, headers: dict) -> tuple[list[dict], float]:
+    queue: asyncio.Queue = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    results: list[dict] = []
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            body = queue.get_nowait()
+            try:
+                results.append(await one_request(client, body))
+            except httpx.HTTPError as err:
+                results.append({"error": type(err).__name__})
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
+        await one_request(client, bodies[0])  # warm-up, not counted
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        return results, time.perf_counter() - t0
+
+
+def percentiles_ms(values: list[float]) -> dict:
+    if not values:
+        return {}
+    p = np.percentile(np.array(values) * 1000, [50, 95, 99])
+    return {"p50": round(float(p[0]), 2), "p95": round(float(p[1]), 2), "p99": round(float(p[2]), 2)}
+
+
+def summarize(results: list[dict], wall_s: float) -> dict:
+    ok = [r for r in results if "error" not in r]
+    errors: dict[str, int] = {}
+    for r in results:
+        if "error" in r:
+            errors[r["error"]] = errors.get(r["error"], 0) + 1
+    tokens = sum(r["tokens"] for r in ok)
+    return {"ok": len(ok), "errors": sum(errors.values()), "error_kinds": errors, "wall_s": round(wall_s, 3),
+            "requests_per_s": round(len(ok) / wall_s, 3), "tokens": tokens,
+            "tokens_per_s": round(tokens / wall_s, 2),
+            "latency_ms": percentiles_ms([r["latency_s"] for r in ok]),
+            "ttft_ms": percentiles_ms([r["ttft_s"] for r in ok])}
+
+
+def engine_baseline(bodies: list[dict]) -> dict:
+    """The same requests, one after another, in an in-process engine (no HTTP, no queue)."""
+    sys.path.insert(0, str(ROOT))
+    from specops.config import Settings
+    from specops.engine.sampling_params import SamplingParams
+    from specops.loader import load_engine
+
+    settings = Settings()
+    engine = load_engine(settings)
+
+    def run(body: dict) -> int:
+        params = SamplingParams(max_new_tokens=body["max_new_tokens"], speculator=body["speculator"],
+                                k_draft=body["k_draft"])
+        return len(engine.generate(engine.tokenizer.encode(body["prompt"]), params).token_ids)
+
+    run(bodies[0])  # warm-up, as for HTTP
+    t0 = time.perf_counter()
+    tokens = sum(run(body) for body in bodies)
+    wall = time.perf_counter() - t0
+    return {"tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--url", default="http://127.0.0.1:8888")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--speculator", default="auto", choices=("none", "ngram", "draft", "hybrid", "auto"))
+    ap.add_argument("--k-draft", type=int, default=4)
+    ap.add_argument("--prompts", type=Path, default=ROOT / "prompts" / "free.jsonl")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--api-key", default="")
+    ap.add_argument("--engine-baseline", action="store_true", help="also time the same requests in-process")
+    args = ap.parse_args()
+
+    bodies = [{"prompt": p, "max_new_tokens": args.max_new_tokens, "speculator": args.speculator,
+               "k_draft": args.k_draft, "temperature": 0.0}
+              for p in load_prompts(args.prompts, args.requests, args.seed)]
+    report = {"clients": args.clients, "requests": args.requests, "max_new_tokens": args.max_new_tokens,
+              "speculator": args.speculator, "k_draft": args.k_draft, "prompts": args.prompts.name}
+    if args.engine_baseline:  # first, while the server is idle: the two must not share the CPU
+        report["engine"] = engine_baseline(bodies)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    results, wall = asyncio.run(run_clients(args.url, bodies, args.clients, headers))
+    report["http"] = summarize(results, wall)
+    if args.engine_baseline:
+        report["http_over_engine"] = round(report["http"]["tokens_per_s"] / report["engine"]["tokens_per_s"], 3)
+    print(json.dumps(report))
+    return 0 if report["http"]["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
