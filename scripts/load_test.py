@@ -3,7 +3,8 @@
     python scripts/load_test.py --url http://127.0.0.1:8888 --clients 8 --requests 64
     python scripts/load_test.py --clients 1 --requests 16 --engine-baseline
 
-Each request streams /generate (so time to first token is seen by the client). Prints one
+Each request streams /generate (so time to first token is seen by the client; --no-stream
+sends plain requests and takes TTFT from the server's reply). Prints one
 JSON line: requests/s, tokens/s, latency and TTFT percentiles (ms), errors by kind. With
 --engine-baseline the same requests first run through an in-process engine (the server's
 SPECOPS_* settings must match) to give the engine's own tokens/s and the HTTP/engine ratio.
@@ -53,23 +54,37 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> dict:
     return {"error": "no_done_event"}
 
 
-async def run_clients(url: str, bodies: list[dict], clients: int, headers: dict) -> tuple[list[dict], float]:
+async def one_plain_request(client: httpx.AsyncClient, body: dict) -> dict:
+    """One non-streaming /generate; TTFT is then the server's own figure (ttft_ms)."""
+    t0 = time.perf_counter()
+    r = await client.post("/generate", json=body)
+    if r.status_code != 200:
+        return {"error": f"http_{r.status_code}"}
+    reply = r.json()
+    return {"latency_s": time.perf_counter() - t0, "ttft_s": reply["ttft_ms"] / 1000,
+            "tokens": reply["usage"]["completion_tokens"], "server_tokens_per_second": reply["tokens_per_second"]}
+
+
+async def run_clients(url: str, bodies: list[dict], clients: int, headers: dict,
+                      stream: bool = True) -> tuple[list[dict], float]:
     queue: asyncio.Queue = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
     results: list[dict] = []
 
+    request = one_request if stream else one_plain_request
+
     async def client_loop(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             body = queue.get_nowait()
             try:
-                results.append(await one_request(client, body))
+                results.append(await request(client, body))
             except httpx.HTTPError as err:
                 results.append({"error": type(err).__name__})
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600, limits=limits) as client:
-        await one_request(client, bodies[0])  # warm-up, not counted
+        await request(client, bodies[0])  # warm-up, not counted
         t0 = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         return results, time.perf_counter() - t0
@@ -130,17 +145,19 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--api-key", default="")
     ap.add_argument("--engine-baseline", action="store_true", help="also time the same requests in-process")
+    ap.add_argument("--no-stream", action="store_true", help="plain JSON requests (TTFT from the server)")
     args = ap.parse_args()
 
     bodies = [{"prompt": p, "max_new_tokens": args.max_new_tokens, "speculator": args.speculator,
                "k_draft": args.k_draft, "temperature": 0.0}
               for p in load_prompts(args.prompts, args.requests, args.seed)]
     report = {"clients": args.clients, "requests": args.requests, "max_new_tokens": args.max_new_tokens,
-              "speculator": args.speculator, "k_draft": args.k_draft, "prompts": args.prompts.name}
+              "speculator": args.speculator, "k_draft": args.k_draft, "prompts": args.prompts.name,
+              "stream": not args.no_stream}
     if args.engine_baseline:  # first, while the server is idle: the two must not share the CPU
         report["engine"] = engine_baseline(bodies)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    results, wall = asyncio.run(run_clients(args.url, bodies, args.clients, headers))
+    results, wall = asyncio.run(run_clients(args.url, bodies, args.clients, headers, stream=not args.no_stream))
     report["http"] = summarize(results, wall)
     if args.engine_baseline:
         report["http_over_engine"] = round(report["http"]["tokens_per_s"] / report["engine"]["tokens_per_s"], 3)
