@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+# SpecOps service image: Python 3.11 slim, onnxruntime (CPU), no torch, non-root, the embedded
+# default model pair baked in (so `docker run -p 8888:8888 specops` serves at once). Production
+# models are named by SPECOPS_TARGET_MODEL / SPECOPS_DRAFT_MODEL: a mounted folder or a hub repo
+# synced at start into SPECOPS_MODEL_CACHE_DIR (infra/k8s_deployment.yaml).
+#
+#   docker build -t specops:0.1.0 .
+#   docker build -t specops:0.1.0-prep --build-arg WITH_PREP_TOOLS=true .   # + onnx, for the prep Job
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# -- build: a virtualenv with the runtime dependencies only ---------------------------------------
+FROM ${PYTHON_IMAGE} AS build
+ARG WITH_PREP_TOOLS=false
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml ./
+# The pinned `dependencies` of pyproject.toml, not the package itself: the app runs from /app so
+# that the embedded models stay beside it (Settings finds them relative to the source tree).
+# No extras: torch, transformers and the test tools never enter the image.
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt \
+    && if [ "$WITH_PREP_TOOLS" = "true" ]; then pip install onnx==1.23.2; fi
+
+# -- runtime ----------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 specops \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin specops
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+# Owned by root and read-only to the service user: the code and models cannot be changed at run time.
+COPY main.py ./
+COPY specops ./specops
+COPY models ./models
+COPY scripts/prepack_target.py scripts/quantize_draft.py ./scripts/
+# Bytecode now, while the file system is writable (the container's root is read-only); every
+# file readable by the service user (onnx writes external data 0600); /cache for hub syncs.
+RUN python -m compileall -q main.py specops scripts \
+    && chmod -R a+rX /app \
+    && mkdir -p /cache && chown 10001:10001 /cache
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/cache/hf \
+    SPECOPS_MODEL_CACHE_DIR=/cache/specops \
+    SPECOPS_ALLOW_SPINNING=false \
+    OMP_NUM_THREADS=1 \
+    OPENBLAS_NUM_THREADS=1
+USER 10001:10001
+EXPOSE 8888
+# Liveness for plain `docker run`; Kubernetes uses its own probes (/health/live, /health).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10m \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8888/health/live', timeout=4)"]
+# SIGTERM drains (SPECOPS_DRAIN_GRACE_S), then exits 0: specops/server/shutdown.py.
+CMD ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8888"]
