@@ -3,7 +3,12 @@
 they are memory-mapped at load instead of repacked into a heap copy (Phi-3-mini int4: 5.4 GB
 peak at load without this, about 2.7 GB with it; DESIGN.md section 2).
 
-    python scripts/prepack_target.py SRC_FOLDER DST_FOLDER      # e.g. models/target /models/target-prepacked
+    python scripts/prepack_target.py SRC_FOLDER DST_FOLDER [--accuracy-level 1]
+
+`--accuracy-level` first rewrites the MatMulNBits compute type. Measured on an AVX-512 VNNI
+CPU: at level 4 (int8 compute, as Phi-3 ships) the prepacked weights are 1.5x the int4 codes
+(scales and block sums packed in), at level 1 (fp32 compute) 1:1. In a 4Gi pod that decides
+whether Phi-3 fits (docs/production_plan.md).
 
 SRC is a model folder in either layout (builder or Optimum). DST gets a copy of its small
 files, the optimized model under the same file name with one external data file holding the
@@ -20,8 +25,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,6 +66,29 @@ def save_prepacked(model_file: Path, out_file: Path) -> None:
     so.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
     so.log_severity_level = 3
     ort.InferenceSession(str(model_file), so, providers=["CPUExecutionProvider"])
+
+
+def with_accuracy_level(src: Path, model_file: Path, level: int, work: Path) -> Path:
+    """A folder in `work` whose MatMulNBits compute at `level` (weights hard-linked where the file
+    system allows, else copied: onnxruntime refuses external data behind a symlink).
+    4 = int8 compute, the fastest; measured here (AVX-512 VNNI) its prepacked layout is 1.5x the
+    int4 weights (scales and block sums packed in). 0-2 = float compute, packed 1:1."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(model_file), load_external_data=False)
+    for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        kept = [a for a in node.attribute if a.name != "accuracy_level"]
+        del node.attribute[:]
+        node.attribute.extend(kept + [helper.make_attribute("accuracy_level", level)])
+    for path in src.iterdir():
+        if path.is_file() and path != model_file and path.name != MANIFEST:
+            try:
+                os.link(path, work / path.name)
+            except OSError:  # another file system
+                shutil.copy2(path, work / path.name)
+    onnx.save_model(model, str(work / model_file.name))
+    return work
 
 
 def resident_bytes(out_file: Path) -> dict:
@@ -105,7 +135,7 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
-def prepack(src: Path, dst: Path, tolerance: float = 1e-3) -> dict:
+def prepack(src: Path, dst: Path, tolerance: float = 1e-3, accuracy_level: int | None = None) -> dict:
     """SRC folder -> DST folder with prepacked weights; returns what prepacked.json records."""
     if src.resolve() == dst.resolve():
         raise SystemExit("DST must be a new folder, not SRC")
@@ -113,12 +143,15 @@ def prepack(src: Path, dst: Path, tolerance: float = 1e-3) -> dict:
     start = time.perf_counter()
     copy_small_files(src, dst, spec.model_file)
     out_file = dst / spec.model_file.name
-    save_prepacked(spec.model_file, out_file)
-    record = {"source": str(src), "model_file": out_file.name, "onnxruntime": ort.__version__,
-              "cpu_isa": cpu_isa(), **resident_bytes(out_file)}
-    if record["prepacked_initializers"] == 0:
-        raise SystemExit(f"{spec.model_file}: no kernel prepacked any weight; the copy would gain nothing")
-    record["max_logit_diff"] = check_logits(src, dst, tolerance)
+    with tempfile.TemporaryDirectory(prefix=".relevel-", dir=dst) as work:
+        source = src if accuracy_level is None else with_accuracy_level(src, spec.model_file, accuracy_level,
+                                                                         Path(work))
+        save_prepacked(source / spec.model_file.name, out_file)
+        record = {"source": str(src), "model_file": out_file.name, "accuracy_level": accuracy_level,
+                  "onnxruntime": ort.__version__, "cpu_isa": cpu_isa(), **resident_bytes(out_file)}
+        if record["prepacked_initializers"] == 0:
+            raise SystemExit(f"{spec.model_file}: no kernel prepacked any weight; the copy would gain nothing")
+        record["max_logit_diff"] = check_logits(source, dst, tolerance)  # same graph, prepacked or not
     record["seconds"] = round(time.perf_counter() - start, 1)
     (dst / PREPACKED_MARKER).write_text(json.dumps(record, indent=2) + "\n")
     write_manifest(dst)
@@ -130,8 +163,11 @@ def main() -> int:
     parser.add_argument("src", type=Path, help="model folder (builder or Optimum layout)")
     parser.add_argument("dst", type=Path, help="new folder for the prepacked copy")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest logit difference accepted")
+    parser.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 4), default=None,
+                        help="rewrite MatMulNBits' compute type first: 4 = int8 (fastest, larger packed "
+                             "layout on AVX-512 VNNI), 1 = fp32 (packed as small as the int4 weights)")
     args = parser.parse_args()
-    print(json.dumps(prepack(args.src, args.dst, args.tolerance)))
+    print(json.dumps(prepack(args.src, args.dst, args.tolerance, args.accuracy_level)))
     return 0
 
 

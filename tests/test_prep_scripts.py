@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IDS = [1, 415, 2253, 17354, 1701, 29916, 432, 3427, 975, 278]
 
 
-def run_script(name: str, *args: Path) -> dict:
+def run_script(name: str, *args) -> dict:
     """Run scripts/<name> as a user would; it prints one JSON line."""
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -57,6 +57,22 @@ def test_prepack_writes_mapped_weights_with_the_same_logits(which, target_folder
     # The budget now counts mapped weights and no heap copy at load.
     figures, note = figures_from_spec(spec, which)
     assert (figures.weight_bytes, figures.load_extra_bytes, note) == (record["resident_weight_bytes"], 0, None)
+
+
+def test_prepack_can_switch_matmulnbits_to_float_compute(target_folder, tmp_path):
+    """Accuracy level 4 (int8 compute) packs scales and block sums beside the int4 codes; level 1
+    (fp32 compute) packs them 1:1. This is what keeps Phi-3's resident weights at 2.7 GB."""
+    packed = {level: run_script("prepack_target.py", target_folder, tmp_path / str(level), "--accuracy-level", level)
+              for level in (1, 4)}
+    assert packed[1]["accuracy_level"] == 1 and packed[1]["max_logit_diff"] <= 1e-3  # same graph, exact
+    assert packed[1]["prepacked_bytes"] == packed[1]["untouched_original_bytes"]
+    assert packed[1]["resident_weight_bytes"] <= packed[4]["resident_weight_bytes"]
+    nodes = onnx.load(str(read_model_folder(tmp_path / "1").model_file), load_external_data=False).graph.node
+    levels = {helper.get_attribute_value(a) for n in nodes if n.op_type == "MatMulNBits"
+              for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {1}
+    ref, got = logits(target_folder), logits(tmp_path / "1")
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()  # int8 vs fp32 activations: close
 
 
 # -- quantize --------------------------------------------------------------------------------------
