@@ -109,7 +109,7 @@ class Ticket:
                 get = asyncio.ensure_future(self.events.get())
                 await asyncio.wait({get, self.done}, return_when=asyncio.FIRST_COMPLETED)
                 if get.done():
-                    yield get.result()
+                    yield self._coalesce(get.result())
                 get.cancel()
             try:
                 finished = self._finished(self.done.result())
@@ -122,6 +122,14 @@ class Ticket:
                 get.cancel()
             if not self.done.done():  # the consumer left early (client disconnect): stop the job
                 self.cancel()
+
+
+    def _coalesce(self, delta: Delta) -> Delta:
+        # the event loop fell behind the engine: send what is waiting as one event
+        while not self.events.empty():
+            more = self.events.get_nowait()
+            delta = Delta(delta.text + more.text, delta.token_count + more.token_count)
+        return delta
 
 
 class Backend:
