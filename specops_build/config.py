@@ -23,7 +23,7 @@ class BuildPlan:
     # Draft mirrors TinyLlama (grouped-query attention, 32000 rows).
     draft: ModelShape = field(default_factory=lambda: ModelShape(128, 2, 4, 2, 384))
     seq: int = 256
-    target_steps: int = 520
+    target_steps: int = 1000
     target_batch: int = 8
     target_lr: float = 2e-3
     draft_pretrain_steps: int = 300

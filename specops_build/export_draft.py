@@ -2,7 +2,7 @@
 
 Inputs: input_ids [b, s], attention_mask [b, past + s], position_ids [b, s],
 past_key_values.%d.key/value [b, kv_heads, past, head_dim]; outputs: logits [b, s, vocab],
-present.%d.key/value [b, kv_heads, past + s, head_dim]. Then 4-bit weight-only
+present.%d.key/value [b, kv_heads, past + s, head_dim]; b = 1. Then 4-bit weight-only
 quantization with onnxruntime's own MatMulNBits quantizer (MatMul and Gather).
 """
 from __future__ import annotations
@@ -39,6 +39,11 @@ class ExplicitCacheLlama(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("cos_table", emb.cos(), persistent=False)  # [P, d]
         self.register_buffer("sin_table", emb.sin(), persistent=False)
+        half = self.head_dim // 2
+        rot = torch.zeros(self.head_dim, self.head_dim)
+        rot[half:, :half] = -torch.eye(half)  # output[:half] = -x[half:]
+        rot[:half, half:] = torch.eye(half)   # output[half:] = x[:half]
+        self.register_buffer("rotate_half", rot, persistent=False)
         self.qkv = nn.ModuleList()
         self.gate_up = nn.ModuleList()
         for layer in hf.model.layers:
@@ -50,36 +55,36 @@ class ExplicitCacheLlama(nn.Module):
             self.qkv.append(qkv)
             self.gate_up.append(gu)
 
-    @staticmethod
-    def _rope(x, cos, sin):  # x [b, h, s, d]; rotate-half convention of HF Llama
-        half = x.shape[-1] // 2
-        return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
-
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        b, s = input_ids.shape
-        h_, kv, d = self.heads, self.kv_heads, self.head_dim
+        """Shapes are written with one -1 each and batch 1, so that the graph needs no Shape
+        arithmetic per layer; the mask is built from attention_mask and position_ids only."""
+        h_, kv, d, rep = self.heads, self.kv_heads, self.head_dim, self.heads // self.kv_heads
         model = self.hf.model
-        x = model.embed_tokens(input_ids)
-        cos = F.embedding(position_ids, self.cos_table)[:, None]  # [b, 1, s, d]
+        x = model.embed_tokens(input_ids)  # [1, s, hidden]
+        cos = F.embedding(position_ids, self.cos_table)[:, None]  # [1, 1, s, d]
         sin = F.embedding(position_ids, self.sin_table)[:, None]
-        past_len = past[0].shape[2]
-        q_pos = torch.arange(s) + past_len
-        k_pos = torch.arange(past_len + s)
-        allowed = (k_pos[None, :] <= q_pos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
-        bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)  # [b, 1, s, past + s]
+        # key slot j (cached or new) is visible to query i if it is live (mask 1) and its
+        # position (live slots before it) is <= the query's position: holes left by a
+        # rewind stay invisible, and new keys after the query are causal-masked.
+        live = attention_mask  # [1, T]: past slots and the new tokens
+        key_pos = torch.cumsum(live, dim=1) - 1  # [1, T]
+        allowed = (key_pos[:, None, :] <= position_ids[:, :, None]) & (live[:, None, :] > 0)  # [1, s, T]
+        bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]  # [1, 1, s, T]
+        bias = bias.repeat(1, 1, rep, 1)  # rows ordered (rep, s), as the grouped queries below
+        rot = self.rotate_half  # [d, d]: x @ rot = cat(-x2, x1)
         presents = []
         for i, layer in enumerate(model.layers):
-            qkv = self.qkv[i](layer.input_layernorm(x)).view(b, s, h_ + 2 * kv, d).transpose(1, 2)
-            q, k, v = qkv.split([h_, kv, kv], dim=1)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-            k = torch.cat([past[2 * i], k], dim=2)  # [b, kv, past + s, d]
+            qkv = self.qkv[i](layer.input_layernorm(x)).view(1, -1, h_ + 2 * kv, d).transpose(1, 2)
+            qk, v = qkv.split([h_ + kv, kv], dim=1)  # [1, h + kv, s, d], [1, kv, s, d]
+            qk = qk * cos + (qk @ rot) * sin  # rotary on queries and keys at once
+            q, k = qk.split([h_, kv], dim=1)
+            k = torch.cat([past[2 * i], k], dim=2)  # [1, kv, T, d]
             v = torch.cat([past[2 * i + 1], v], dim=2)
             presents += [k, v]
-            # grouped-query attention: query heads [b, kv, rep * s, d] share their KV head
-            qg = q.reshape(b, kv, (h_ // kv) * s, d)
-            scores = (qg @ k.transpose(-1, -2)).view(b, h_, s, -1) * (1.0 / math.sqrt(d)) + bias
-            o = (F.softmax(scores, dim=-1).view(b, kv, (h_ // kv) * s, -1) @ v).view(b, h_, s, d)
-            x = x + layer.self_attn.o_proj(o.transpose(1, 2).reshape(b, s, h_ * d))
+            qg = q.reshape(1, kv, -1, d)  # grouped-query attention: [1, kv, rep * s, d]
+            scores = (qg @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d)) + bias
+            o = (F.softmax(scores, dim=-1) @ v).reshape(1, h_, -1, d)  # [1, h, s, d]
+            x = x + layer.self_attn.o_proj(o.transpose(1, 2).reshape(1, -1, h_ * d))
             gate, up = self.gate_up[i](layer.post_attention_layernorm(x)).split([self.inter, self.inter], dim=-1)
             x = x + layer.mlp.down_proj(F.silu(gate) * up)
         logits = self.hf.lm_head(model.norm(x))
@@ -95,14 +100,13 @@ def export_optimum_style(hf, path: Path) -> None:
     present_names = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     ids = torch.ones(1, 3, dtype=torch.int64)
     past = [torch.zeros(1, kv, 2, hd) for _ in past_names]
-    dyn = {"input_ids": {0: "batch_size", 1: "sequence_length"},
-           "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
-           "position_ids": {0: "batch_size", 1: "sequence_length"},
-           "logits": {0: "batch_size", 1: "sequence_length"}}
+    # batch is 1 (SpecOps decodes one sequence at a time): fixing it removes shape arithmetic
+    dyn = {"input_ids": {1: "sequence_length"}, "attention_mask": {1: "total_sequence_length"},
+           "position_ids": {1: "sequence_length"}, "logits": {1: "sequence_length"}}
     for name in past_names:
-        dyn[name] = {0: "batch_size", 2: "past_sequence_length"}
+        dyn[name] = {2: "past_sequence_length"}
     for name in present_names:
-        dyn[name] = {0: "batch_size", 2: "total_sequence_length"}
+        dyn[name] = {2: "total_sequence_length"}
     with torch.no_grad():
         torch.onnx.export(
             wrapper, (ids, torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *past),
