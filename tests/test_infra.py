@@ -115,8 +115,16 @@ def test_env_vars_are_settings_and_parse(env):
     assert not unknown
     given = {n[len("SPECOPS_"):].lower(): v for n, v in env.items() if n in fields and v is not None}
     settings = Settings(**given, memory_limit_bytes=4 * 2**30)  # the downward API fills this one
-    assert settings.allow_spinning is False
     assert settings.intra_op_threads <= 2 and settings.draft_intra_op_threads <= 2
+
+
+def test_spinning_is_off_everywhere(env):
+    """Spinning threads keep CPU busy while idle: the CPU HPA would scale on nothing. The
+    manifest, the image and the settings' default all say no."""
+    assert env["SPECOPS_ALLOW_SPINNING"] == "false"
+    assert Settings.model_fields["allow_spinning"].default is False
+    image_env = " ".join(a for op, a in final_stage() if op == "ENV")
+    assert "SPECOPS_ALLOW_SPINNING=false" in image_env.split()
 
 
 def test_memory_limit_comes_from_the_container_limit(container):
