@@ -167,8 +167,11 @@ class Runner:
         except Exception as e:
             raise PeerRefused(self.mode, str(e), "generator", self.config) from e
         t1 = time.perf_counter()
-        while not gen.is_done():
-            gen.generate_next_token()
+        try:
+            while not gen.is_done():
+                gen.generate_next_token()
+        except Exception as e:
+            raise PeerRefused(self.mode, str(e), "generate", self.config) from e
         t2 = time.perf_counter()
         tokens = [int(t) for t in gen.get_sequence(0)[len(ids):]]
         raw = gen.get_speculative_stats()
