@@ -23,12 +23,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specops.bench import load_prompt_set, run_interleaved, summarize  # noqa: E402
+from specops.bench import NEAR_TIE, load_prompt_set, run_interleaved, summarize  # noqa: E402
 from specops.config import Settings  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
 from specops.speculators.base import Proposal  # noqa: E402
 
-NEAR_TIE = 1e-3
 
 
 class RandomProposer:

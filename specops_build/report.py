@@ -116,8 +116,11 @@ def stage_report(out: Path, work: Path, plan, log) -> None:
         res = engine.generate(ids, SamplingParams(max_new_tokens=64, speculator="draft", k_draft=1))
         accepted += res.stats.accepted
         proposed += res.stats.proposed
-        if len(samples) < 6:
-            samples.append({"prompt": item["prompt"], "completion": res.text})
+        if sum(x["kind"] == item["kind"] for x in samples) < 4:  # 4 free-text and 4 chat samples
+            sampled = engine.generate(ids, SamplingParams(max_new_tokens=64, temperature=0.8, top_k=40, seed=0,
+                                                          speculator="none"))
+            samples.append({"kind": item["kind"], "prompt": item["prompt"], "greedy": res.text,
+                            "sampled_t0.8_top40": sampled.text})
     report["draft_target_greedy_agreement"] = round(accepted / max(proposed, 1), 3)
     report["samples"] = samples
     log(f"report: draft/target greedy agreement {report['draft_target_greedy_agreement']}")

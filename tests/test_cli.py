@@ -24,9 +24,18 @@ def test_generate_json(speculator):
     assert body["avg_tokens_per_jump"] >= 1.0
 
 
-def test_generate_prints_text_and_chat_template():
-    out = run_cli("generate", "--prompt", "Explain the for statement.", "--chat", "--max-new-tokens", "16")
+def test_generate_prints_text():
+    out = run_cli("generate", "--prompt", "def read_config(path):", "--max-new-tokens", "16")
     assert out.returncode == 0 and out.stdout.strip(), out.stderr
+
+
+def test_chat_wraps_the_prompt_in_the_template():
+    plain = json.loads(run_cli("generate", "--prompt", "Explain lambda.", "--max-new-tokens", "4", "--json").stdout)
+    out = run_cli("generate", "--prompt", "Explain lambda.", "--chat", "--max-new-tokens", "4", "--json")
+    assert out.returncode == 0, out.stderr
+    chat = json.loads(out.stdout)
+    # <|user|>, \n, <|end|>, \n, <|assistant|>, \n around the same text
+    assert chat["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] + 6
 
 
 def test_errors_are_clear():
