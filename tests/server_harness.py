@@ -91,6 +91,16 @@ class ServerHandle:
 def start_server(env: dict[str, str] | None = None, timeout: float = 60.0) -> ServerHandle:
     """Start `uvicorn main:app` on 127.0.0.1:<free port>; return once /health/live answers 200
     (the models may still be loading: call `.wait_ready()` for that)."""
+    for attempt in range(3):
+        try:
+            return _start_once(env, timeout)
+        except RuntimeError as err:  # the free port was taken before uvicorn bound it: retry
+            if "address already in use" not in str(err) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(env: dict[str, str] | None, timeout: float) -> ServerHandle:
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="specops-server-", suffix=".log")[1])
     log_file = log_path.open("w")
@@ -103,7 +113,8 @@ def start_server(env: dict[str, str] | None = None, timeout: float = 60.0) -> Se
     while time.monotonic() < deadline:
         try:
             server._check_alive()
-            if httpx.get(server.base_url + "/health/live", timeout=2).status_code == 200:
+            live = httpx.get(server.base_url + "/health/live", timeout=2)
+            if live.status_code == 200 and live.json().get("pid") == proc.pid:  # ours, not a port thief
                 return server
         except httpx.TransportError:
             pass

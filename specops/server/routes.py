@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -26,7 +27,7 @@ def sse(data: dict | str) -> str:
 @router.get("/health/live", tags=["health"])
 def live() -> dict:
     """Liveness: 200 while the process and its event loop answer, even during a long sync."""
-    return {"status": "alive"}
+    return {"status": "alive", "pid": os.getpid()}
 
 
 @router.get("/health", tags=["health"], response_model=HealthResponse,
