@@ -24,6 +24,9 @@ from specops.engine.sampling_params import SamplingParams  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
 from specops.runtime.tokenizer import ChatMessage  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from peers.ort_genai import greedy_runner  # noqa: E402  (same thread and spinning settings as ours)
+
 
 def load_prompts(engine, n: int) -> list[list[int]]:
     items = [json.loads(line) for line in (ROOT / "prompts" / "free.jsonl").read_text().splitlines() if line]
@@ -36,25 +39,6 @@ def load_prompts(engine, n: int) -> list[list[int]]:
     return out
 
 
-def ort_genai_runner(folder: Path, threads: int):
-    import onnxruntime_genai as og
-
-    config = og.Config(str(folder))
-    config.clear_providers()
-    model = og.Model(config)
-
-    def run(ids: list[int], max_new: int) -> int:
-        params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + max_new)
-        gen = og.Generator(model, params)
-        gen.append_tokens(np.asarray(ids, dtype=np.int32))
-        while not gen.is_done():
-            gen.generate_next_token()
-        return len(gen.get_sequence(0)) - len(ids)
-
-    return run
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -64,7 +48,10 @@ def main() -> int:
     settings = Settings(draft_model="none")
     engine = load_engine(settings, calibrate=False)
     prompts = load_prompts(engine, args.prompts)
-    theirs = ort_genai_runner(Path(settings.target_model), settings.intra_op_threads)
+    og_run = greedy_runner(Path(settings.target_model), threads=settings.intra_op_threads)
+
+    def theirs(ids, max_new):
+        return len(og_run(ids, max_new)["tokens"])
 
     def ours(ids, max_new):
         return engine.generate(ids, SamplingParams(max_new_tokens=max_new, speculator="none")).stats.generated_tokens
