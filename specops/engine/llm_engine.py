@@ -22,10 +22,9 @@ from .adaptive import CostModel
 from .sampling import Sampler
 from .sampling_params import SamplingParams
 from .stats import GenerationStats
+from .output import OnTokens, Output
 from .stopping import StopCheck
 from .verify import accept_greedy, accept_sampled
-
-OnTokens = Callable[[list[int], str], None]  # (new ids, new text) after each round
 
 
 @dataclass
@@ -62,43 +61,33 @@ class Engine:
         start = time.perf_counter()
         stats = GenerationStats(speculator=params.speculator, prompt_tokens=len(prompt_ids))
         sampler = None if params.greedy else Sampler(params)
-        stop = StopCheck(self.eos_ids, params.max_new_tokens, tuple(params.stop))
+        out = Output(self.tokenizer, StopCheck(self.eos_ids, params.max_new_tokens, tuple(params.stop)), on_tokens)
         self._reset()
+        # context: prompt + committed tokens; the last one is `pending` (not in the target cache)
+        context = np.empty(len(prompt_ids) + params.max_new_tokens + 1, dtype=np.int64)
+        context[:len(prompt_ids)] = prompt_ids
+        n = len(prompt_ids)
 
         logits = self.target.prefill(prompt_ids, self.prefill_chunk)
         stats.prefill_s = time.perf_counter() - start
-        first = int(np.argmax(logits)) if sampler is None else sampler.draw(sampler.probs(logits[None])[0])
-        context = list(prompt_ids)
-        generated: list[int] = []
-        text, emitted, finish = "", 0, None
-        new = [first]
+        new = [int(np.argmax(logits)) if sampler is None else sampler.draw(sampler.probs(logits[None])[0])]
         while True:
-            new, finish = stop.cut_tokens(len(generated), new)
-            generated += new
-            context += new
-            text, hit = stop.cut_text(self.tokenizer.decode(generated))
-            finish = "stop" if hit else finish
-            if not stats.ttft_s:
-                stats.ttft_s = time.perf_counter() - start
-            if on_tokens is not None:
-                safe = text if finish else stop.safe_prefix(text)
-                if safe.endswith("\ufffd") and not finish:  # an incomplete UTF-8 sequence
-                    safe = safe.rstrip("\ufffd")
-                if len(safe) > emitted or finish:
-                    on_tokens(new, safe[emitted:])
-                    emitted = max(emitted, len(safe))
+            new, finish = out.commit(new)
+            context[n:n + len(new)] = new
+            n += len(new)
+            stats.ttft_s = stats.ttft_s or time.perf_counter() - start
             if finish:
                 break
             if cancelled is not None and cancelled():
                 finish = "cancelled"
                 break
-            if len(context) >= self.capacity:
+            if n >= self.capacity:
                 finish = "length"
                 break
-            new = self._round(np.asarray(context), params, sampler, stats, len(generated))
-        stats.generated_tokens = len(generated)
+            new = self._round(context[:n], params, sampler, stats, len(out.ids))
+        stats.generated_tokens = len(out.ids)
         stats.total_s = time.perf_counter() - start
-        return GenerationResult(text, generated, finish, stats)
+        return GenerationResult(out.finish(), out.ids, finish, stats)
 
     def _reset(self) -> None:
         self.target.reset()

@@ -1,0 +1,57 @@
+"""Stopping and streaming through the engine: the budget is never overshot, stop strings cut
+the text, and the streamed deltas add up to the returned text."""
+import pytest
+
+from specops.engine.sampling_params import SamplingParams
+from specops.engine.stopping import StopCheck
+
+PROMPT = "def read_config(path):\n"
+
+
+@pytest.mark.parametrize("speculator", ["none", "ngram", "draft", "hybrid", "auto"])
+@pytest.mark.parametrize("budget", [1, 2, 7])
+def test_never_overshoots_max_new_tokens(engine, speculator, budget):
+    res = engine.generate(engine.tokenizer.encode(PROMPT),
+                          SamplingParams(max_new_tokens=budget, speculator=speculator, k_draft=8))
+    assert len(res.token_ids) <= budget
+    assert res.finish_reason == "length" or (res.finish_reason == "stop" and len(res.token_ids) < budget)
+
+
+@pytest.mark.parametrize("speculator", ["none", "draft"])
+def test_stream_deltas_add_up_to_the_text(engine, speculator):
+    deltas = []
+    res = engine.generate(engine.tokenizer.encode(PROMPT), SamplingParams(max_new_tokens=40, speculator=speculator),
+                          on_tokens=lambda ids, text: deltas.append(text))
+    assert "".join(deltas) == res.text and len(deltas) >= 2
+
+
+def test_stop_string_cuts_the_text(engine):
+    ids = engine.tokenizer.encode(PROMPT)
+    full = engine.generate(ids, SamplingParams(max_new_tokens=40, speculator="none"))
+    stop = full.text.strip()[:3]
+    assert stop, "the model produced only whitespace"
+    res = engine.generate(ids, SamplingParams(max_new_tokens=40, speculator="draft", stop=(stop,)))
+    assert res.finish_reason == "stop" and res.text == full.text[:full.text.find(stop)]
+    streamed = []
+    engine.generate(ids, SamplingParams(max_new_tokens=40, speculator="ngram", stop=(stop,)),
+                    on_tokens=lambda i, t: streamed.append(t))
+    assert "".join(streamed) == res.text
+
+
+def test_cancel_stops_within_a_round(engine):
+    calls = []
+    res = engine.generate(engine.tokenizer.encode(PROMPT), SamplingParams(max_new_tokens=200, speculator="none"),
+                          cancelled=lambda: calls.append(1) or len(calls) >= 3)
+    assert res.finish_reason == "cancelled" and len(res.token_ids) == 3
+
+
+def test_eos_is_dropped_and_ends_the_generation():
+    stop = StopCheck(frozenset({9}), max_new_tokens=10)
+    assert stop.cut_tokens(0, [4, 9, 5]) == ([4], "stop")
+    assert stop.cut_tokens(8, [4, 5, 6]) == ([4, 5], "length")
+    assert StopCheck(frozenset(), 10, ("END",)).safe_prefix("abc EN") == "abc "
+
+
+def test_prompt_at_the_context_cap_is_refused(engine):
+    with pytest.raises(ValueError, match="context cap"):
+        engine.generate([5] * engine.capacity, SamplingParams(max_new_tokens=1))
