@@ -20,6 +20,7 @@ import onnxruntime as ort
 from .model_folder import ModelFolderError, ModelSpec
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+MAX_PREALLOCATED_ROWS = 32  # logits buffers kept for passes of up to this many tokens
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Decoder:
         self.compact_after = compact_after
         self.length = 0
         self._io = self.session.io_binding()
+        self._logits: dict[int, tuple[np.ndarray, ort.OrtValue]] = {}  # rows -> preallocated output
+        self._bind_logits(1)  # bound first, so that it stays output 0 whatever is bound later
         self.reset()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -78,6 +81,8 @@ class Decoder:
         if kv_type not in _DTYPES:
             raise ModelFolderError(f"{spec.model_file}: unsupported KV cache type {kv_type}")
         self.kv_dtype = _DTYPES[kv_type]
+        width = next(o.shape[-1] for o in self.session.get_outputs() if o.name == spec.logits)
+        self.vocab_size = width if isinstance(width, int) else spec.vocab_size  # logits width
         self.shared = spec.share_past_present and not self.has_position_ids
 
     def reset(self) -> None:
@@ -85,10 +90,15 @@ class Decoder:
         spec = self.spec
         self.length = 0
         if self.shared:
-            if not hasattr(self, "_kv"):
+            if not hasattr(self, "_kv"):  # allocate and bind once: GQA writes in place
                 shape = (1, spec.kv_heads, self.capacity, spec.head_dim)
                 self._kv = [tuple(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)) for _ in "kv")
                             for _ in range(spec.num_layers)]
+                for (pk, pv), (ok, ov), (k, v) in zip(self.past_names, self.present_names, self._kv):
+                    for name, value in ((pk, k), (pv, v)):
+                        self._io.bind_ortvalue_input(name, value)
+                    for name, value in ((ok, k), (ov, v)):
+                        self._io.bind_ortvalue_output(name, value)
         else:
             empty = np.zeros((1, spec.kv_heads, 0, spec.head_dim), self.kv_dtype)
             self._kv = [tuple(ort.OrtValue.ortvalue_from_numpy(empty) for _ in "kv") for _ in range(spec.num_layers)]
@@ -106,38 +116,49 @@ class Decoder:
         if self.length + n > self.capacity:
             raise OverflowError(f"context full: {self.length} + {n} > {self.capacity} tokens")
         io = self._io
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
         io.bind_cpu_input(self.spec.input_ids, ids)
-        io.bind_output(self.spec.logits, "cpu")  # first, so that outputs[0] is the logits
-        if self.shared:
+        logits_buf = self._bind_logits(n)
+        if self.shared:  # the KV buffers stay bound from reset(); only the mask grows
             io.bind_cpu_input(self.spec.attention_mask, np.ones((1, self.length + n), np.int64))
-            for (pk, pv), (ok, ov), (k, v) in zip(self.past_names, self.present_names, self._kv):
-                io.bind_ortvalue_input(pk, k)
-                io.bind_ortvalue_input(pv, v)
-                io.bind_ortvalue_output(ok, k)
-                io.bind_ortvalue_output(ov, v)
         else:
-            if self._slots + n > len(self._slot_valid):
-                self._compact()
-            self._slot_valid[self._slots:self._slots + n] = 1
-            io.bind_cpu_input(self.spec.attention_mask, self._slot_valid[None, :self._slots + n].copy())
-            for (pk, pv), (k, v) in zip(self.past_names, self._kv):
-                io.bind_ortvalue_input(pk, k)
-                io.bind_ortvalue_input(pv, v)
-            for ok, ov in self.present_names:
-                io.bind_output(ok, "cpu")
-                io.bind_output(ov, "cpu")
+            self._bind_concat(n)
         if self.has_position_ids:
             io.bind_cpu_input("position_ids", np.arange(self.length, self.length + n, dtype=np.int64)[None])
         self.session.run_with_iobinding(io)
-        outputs = io.get_outputs()
         if not self.shared:
+            outputs = io.get_outputs()  # [logits, present.0.key, present.0.value, ...]
             self._kv = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.spec.num_layers)]
             self._slots += n
         self.length += n
-        logits = outputs[0].numpy()[0]  # [n, vocab]
+        logits = logits_buf[0].copy() if logits_buf is not None else io.get_outputs()[0].numpy()[0]
         return logits if all_logits else logits[-1:]
+
+    def _bind_logits(self, n: int) -> np.ndarray | None:
+        """Small passes (decode, verify) write logits into a preallocated buffer; long ones
+        (prefill chunks) into one onnxruntime allocates."""
+        if n > MAX_PREALLOCATED_ROWS:
+            self._io.bind_output(self.spec.logits, "cpu")
+            return None
+        if n not in self._logits:
+            arr = np.empty((1, n, self.vocab_size), np.float32)
+            self._logits[n] = (arr, ort.OrtValue.ortvalue_from_numpy(arr))
+        arr, value = self._logits[n]
+        self._io.bind_ortvalue_output(self.spec.logits, value)
+        return arr
+
+    def _bind_concat(self, n: int) -> None:
+        """Concat layout: feed the previous presents as past; a live mask over all slots."""
+        io = self._io
+        if self._slots + n > len(self._slot_valid):
+            self._compact()
+        self._slot_valid[self._slots:self._slots + n] = 1
+        io.bind_cpu_input(self.spec.attention_mask, self._slot_valid[None, :self._slots + n].copy())
+        for (pk, pv), (k, v) in zip(self.past_names, self._kv):
+            io.bind_ortvalue_input(pk, k)
+            io.bind_ortvalue_input(pv, v)
+        for ok, ov in self.present_names:
+            io.bind_output(ok, "cpu")
+            io.bind_output(ov, "cpu")
 
     def prefill(self, ids, chunk: int = 512) -> np.ndarray:
         """Append a long prompt in chunks (bounds the attention scratch); last logits [vocab]."""
