@@ -161,6 +161,7 @@ def main() -> int:
     tpj = {f: {m: [] for m in modes} for f in prompts}
     accept = {f: {m: [] for m in modes} for f in prompts}
     ratios = {f: {m: [] for m in modes} for f in prompts}
+    empty = {f: {m: 0 for m in modes} for f in prompts}
     for rep in range(args.repeats):
         order = modes[rep % len(modes):] + modes[:rep % len(modes)]
         for fname, rows in prompts.items():
@@ -169,19 +170,25 @@ def main() -> int:
                 for mode in order:
                     res = runners[mode](ids, args.max_new_tokens)
                     n = len(res["tokens"])
+                    if n == 0:  # the target ended the turn at once (end-of-sequence is not returned)
+                        empty[fname][mode] += 1
+                        continue
                     got[mode] = n / res["seconds"]
                     rates[fname][mode].append(got[mode])
-                    decode_rates[fname][mode].append((n - 1) / res["decode_seconds"] if n > 1 else 0.0)
+                    if n > 1:
+                        decode_rates[fname][mode].append((n - 1) / res["decode_seconds"])
                     tpj[fname][mode].append(res["stats"]["tpj"])
                     if "acceptance_rate" in res["stats"] and mode != "greedy":
                         accept[fname][mode].append(res["stats"]["acceptance_rate"])
-                for mode in modes:
-                    ratios[fname][mode].append(got[mode] / got["greedy"])
+                for mode in got:
+                    if "greedy" in got:
+                        ratios[fname][mode].append(got[mode] / got["greedy"])
 
     med = lambda xs: round(float(np.median(xs)), 3) if xs else None  # noqa: E731
     speed = {f: {m: {"tok_s_median": med(rates[f][m]), "decode_tok_s_median": med(decode_rates[f][m]),
                      "ratio_vs_greedy_median": med(ratios[f][m]), "tpj_median": med(tpj[f][m]),
-                     "acceptance_median": med(accept[f][m])} for m in modes} for f in prompts}
+                     "acceptance_median": med(accept[f][m]), "runs": len(rates[f][m]),
+                     "empty_runs": empty[f][m]} for m in modes} for f in prompts}
     summary = {
         "bench": "ort_genai_peers", "onnxruntime_genai": __import__("onnxruntime_genai").__version__,
         "cores": os.cpu_count(), "target": str(args.target), "draft": str(args.draft),
@@ -193,7 +200,7 @@ def main() -> int:
     for f in prompts:
         for m in modes:
             s = speed[f][m]
-            print(f"{f:6s} {m:22s} {s['tok_s_median']:9.1f} tok/s  x{s['ratio_vs_greedy_median']:.3f}  "
+            print(f"{f:6s} {m:22s} {s['tok_s_median'] or 0:9.1f} tok/s  x{s['ratio_vs_greedy_median'] or 0:.3f}  "
                   f"tpj {s['tpj_median']}  acc {s['acceptance_median']}", file=sys.stderr)
     for m, e in exact.items():
         print(f"exactness {m}: {e['identical']}/{e['prompts']} identical; "
