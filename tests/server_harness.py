@@ -11,6 +11,7 @@ Only 127.0.0.1 is used. Output goes to a log file, shown by `.log()` on failures
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -46,7 +47,8 @@ class ServerHandle:
         return httpx.get(self.base_url + "/health", timeout=5)
 
     def wait_ready(self, timeout: float = 120.0) -> dict:
-        """Poll /health until 200; fail fast (with the log) on `failed` or a dead process."""
+        """Poll /health until 200; fail fast (with the log) on `failed` or a dead process,
+        stopping the server first (a fixture that fails here never reaches its teardown)."""
         deadline = time.monotonic() + timeout
         body: dict = {}
         while time.monotonic() < deadline:
@@ -55,8 +57,10 @@ class ServerHandle:
             if body["status"] == "ready":
                 return body
             if body["status"] == "failed":
+                self.stop()
                 raise RuntimeError(f"server failed to start: {body['reason']}\n{self.log()}")
             time.sleep(0.1)
+        self.stop()
         raise TimeoutError(f"not ready after {timeout} s (last: {body})\n{self.log()}")
 
     def wait_state(self, state: str, timeout: float = 60.0) -> dict:
@@ -88,6 +92,17 @@ class ServerHandle:
         return self.proc.returncode
 
 
+_started: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A safety net: no server outlives the test session, whatever a test forgot."""
+    for proc in _started:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def start_server(env: dict[str, str] | None = None, timeout: float = 60.0) -> ServerHandle:
     """Start `uvicorn main:app` on 127.0.0.1:<free port>; return once /health/live answers 200
     (the models may still be loading: call `.wait_ready()` for that)."""
@@ -108,6 +123,7 @@ def _start_once(env: dict[str, str] | None, timeout: float) -> ServerHandle:
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
         cwd=ROOT, env=child_env, stdout=log_file, stderr=subprocess.STDOUT)
+    _started.append(proc)
     server = ServerHandle(f"http://127.0.0.1:{port}", proc, log_path, log_file)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
