@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -22,6 +24,40 @@ from specops.config import Settings  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
 
 SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
+# our speculator <-> onnxruntime-genai mode it is compared with
+PEER_OF = {"none": "greedy", "ngram": "ngram", "draft": "draft_same_vocab"}
+
+
+def peer_runners(settings, k: int) -> tuple[dict, dict]:
+    """onnxruntime-genai's greedy, n-gram and draft modes on the same folders (scripts/peers)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from peers import ort_genai as og
+
+    target, draft = Path(settings.target_model), Path(settings.draft_model)
+    runners = {"greedy": og.greedy_runner(target), "ngram": og.ngram_runner(target, k=k)}
+    refused: dict[str, str] = {}
+    try:
+        runners["draft"] = og.draft_runner(target, draft, k=k)
+    except og.PeerRefused as err:  # a draft with a different vocabulary: reported verbatim
+        refused["draft"] = str(err)
+    runners["draft_same_vocab"] = og.same_vocab_draft_runner(target, draft, k=k)
+    return runners, refused
+
+
+def run_peers(runners: dict, prompts, repeats: int, max_new_tokens: int, tick) -> dict:
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for ids in prompts:
+            for name, run in runners.items():
+                out = run(ids, max_new_tokens)
+                rates[name].append(len(out["tokens"]) / out["seconds"])
+                tick()
+    return {name: {"tok_s": round(float(np.median(r)), 1)} for name, r in rates.items()}
+
+
+def peer_ratios(ours: dict, peers: dict) -> dict:
+    return {f"{mine}_vs_ort_genai_{theirs}": round(ours[mine]["tok_s"] / peers[theirs]["tok_s"], 3)
+            for mine, theirs in PEER_OF.items() if mine in ours and theirs in peers}
 
 
 class Progress:
@@ -48,14 +84,17 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts of each set")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--chart", type=Path)
+    parser.add_argument("--peers", action="store_true", help="also run onnxruntime-genai's modes (build extra)")
     args = parser.parse_args()
 
-    engine = load_engine(Settings())
+    settings = Settings()
+    engine = load_engine(settings)
+    peers, refused = peer_runners(settings, args.k) if args.peers else ({}, {})
     speculators = args.speculators.split(",")
     sets = {name: load_prompt_set(name, engine.tokenizer) for name in args.sets.split(",")}
     if args.limit:
         sets = {k: v[:args.limit] for k, v in sets.items()}
-    progress = Progress(sum(len(p) for p in sets.values()) * len(speculators) * args.repeats)
+    progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
     report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "k": args.k,
               "verify_ms": [round(t * 1000, 3) for t in engine.cost.verify_s[:args.k + 1]],
@@ -65,6 +104,12 @@ def main() -> int:
         report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k)}
         if "none" in results:
             report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
+        if peers:
+            figures = run_peers(peers, prompts, args.repeats, args.max_new_tokens, progress)
+            report["sets"][name]["peers"] = figures
+            report["sets"][name]["peer_ratios"] = peer_ratios(report["sets"][name]["speculators"], figures)
+    if refused:
+        report["peers_refused"] = refused
     line = json.dumps(report)
     print(line)
     if args.json:
