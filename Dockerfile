@@ -23,7 +23,7 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
     && pip install -r requirements.txt \
-    && if [ "$WITH_PREP_TOOLS" = "true" ]; then pip install onnx==1.23.2; fi
+    && if [ "$WITH_PREP_TOOLS" = "true" ]; then pip install onnx==1.23.2 onnx-ir==1.1.0; fi
 
 # -- runtime ----------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
