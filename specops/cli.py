@@ -34,6 +34,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def _generate(args: argparse.Namespace) -> int:
     from .loader import load_engine
+    from .model_source import sync_paths
     from .runtime.tokenizer import ChatMessage
 
     settings = settings_from_args(args)
@@ -41,7 +42,7 @@ def _generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         seed=args.seed, stop=tuple(args.stop or ()), speculator=args.speculator or settings.speculator,
         k_draft=settings.k_draft if args.k_draft is None else args.k_draft)
-    engine = load_engine(settings, calibrate=params.speculator == "auto")
+    engine = load_engine(settings, sync_paths(settings), calibrate=params.speculator == "auto")
     prompt = args.prompt
     if args.chat:
         prompt = engine.tokenizer.apply_chat_template([ChatMessage("user", prompt)])

@@ -5,7 +5,7 @@ import pytest
 
 from specops.config import Settings
 from specops.runtime.model_folder import ModelFolderError
-from specops.server.model_sync import is_hub_id, resolve_source
+from specops.model_source import is_hub_id, resolve_source
 
 
 @pytest.mark.parametrize("source,expected", [
