@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     sync_retries: int = Field(2, ge=0, le=10, description="extra attempts at a failed hub download")
     sync_retry_delay_s: float = Field(5.0, ge=0, le=600, description="pause before a download is retried")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="service log level")
+    stream_interval_s: float = Field(0.02, ge=0, le=1, description="a stream sends committed text at most this "
+                                     "often (the first chunk at once); 0 = one event per round")
 
     # -- memory budget (specops.budget: checked at start, shown in /health) -------------------
     memory_limit_bytes: int = Field(0, ge=0, description="memory the process may use; 0 = the cgroup's memory.max")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -40,6 +42,37 @@ class Finished:
     ttft_s: float  # admission -> first token
 
 
+class DeltaBuffer:
+    """Text the worker committed, handed to the event loop at most every `interval_s` (the
+    first chunk at once). Each hand-over costs a cross-thread wake-up, an SSE event and event-loop
+    work that competes with the engine thread for the GIL; a round takes a few milliseconds."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._text, self._count, self._last = "", 0, -math.inf
+
+    def add(self, ids: list[int], text: str) -> bool:
+        """(worker thread) Buffer a round's text; True when it is time to wake the event loop."""
+        with self._lock:
+            self._text += text
+            self._count += len(ids)
+            now = time.perf_counter()
+            if now - self._last < self.interval_s:
+                return False
+            self._last = now
+            return True
+
+    def take(self) -> Delta | None:
+        """(event loop) Everything buffered so far, as one delta."""
+        with self._lock:
+            if not self._text and not self._count:
+                return None
+            delta = Delta(self._text, self._count)
+            self._text, self._count = "", 0
+            return delta
+
+
 class Ticket:
     """One admitted request. Worker callbacks cross to the event loop as queue items."""
 
@@ -50,6 +83,7 @@ class Ticket:
         # only a stream needs per-round text: a plain request costs the event loop nothing per round
         self.job = Job(valid.prompt_ids, valid.params, on_tokens=self._on_tokens if valid.stream else None,
                        on_start=self._on_start, time_limit_s=backend.settings.request_timeout_s)
+        self.buffer = DeltaBuffer(backend.settings.stream_interval_s)
         self.started = asyncio.Event()
         self.done = asyncio.wrap_future(self.job.future)  # never cancelled by us: see result()
         self.timer: asyncio.TimerHandle | None = None  # the queue timeout, until the job starts
@@ -70,7 +104,12 @@ class Ticket:
             self.timer.cancel()
 
     def _on_tokens(self, ids: list[int], text: str) -> None:
-        self._post(self.events.put_nowait, Delta(text, len(ids)))
+        if self.buffer.add(ids, text):
+            self._post(self._flush)
+
+    def _flush(self) -> None:
+        if (delta := self.buffer.take()) is not None:
+            self.events.put_nowait(delta)
 
     def _expire(self) -> None:
         worker = self.backend.worker
@@ -109,8 +148,10 @@ class Ticket:
                 get = asyncio.ensure_future(self.events.get())
                 await asyncio.wait({get, self.done}, return_when=asyncio.FIRST_COMPLETED)
                 if get.done():
-                    yield self._coalesce(get.result())
+                    yield get.result()
                 get.cancel()
+            if (rest := self.buffer.take()) is not None:  # text the interval held back
+                yield rest
             try:
                 finished = self._finished(self.done.result())
             except ServiceError as err:
@@ -122,14 +163,6 @@ class Ticket:
                 get.cancel()
             if not self.done.done():  # the consumer left early (client disconnect): stop the job
                 self.cancel()
-
-
-    def _coalesce(self, delta: Delta) -> Delta:
-        # the event loop fell behind the engine: send what is waiting as one event
-        while not self.events.empty():
-            more = self.events.get_nowait()
-            delta = Delta(delta.text + more.text, delta.token_count + more.token_count)
-        return delta
 
 
 class Backend:
