@@ -19,24 +19,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from specops.bench import load_prompt_set  # noqa: E402
 from specops.config import Settings  # noqa: E402
 from specops.engine.sampling_params import SamplingParams  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
-from specops.runtime.tokenizer import ChatMessage  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from peers.ort_genai import greedy_runner  # noqa: E402  (same thread and spinning settings as ours)
-
-
-def load_prompts(engine, n: int) -> list[list[int]]:
-    items = [json.loads(line) for line in (ROOT / "prompts" / "free.jsonl").read_text().splitlines() if line]
-    out = []
-    for item in items[:n]:
-        text = item["prompt"]
-        if item["kind"] == "chat":
-            text = engine.tokenizer.apply_chat_template([ChatMessage("user", text)])
-        out.append(engine.tokenizer.encode(text))
-    return out
 
 
 def main() -> int:
@@ -47,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings(draft_model="none")
     engine = load_engine(settings, calibrate=False)
-    prompts = load_prompts(engine, args.prompts)
+    prompts = load_prompt_set("free", engine.tokenizer)[:args.prompts]
     og_run = greedy_runner(Path(settings.target_model), threads=settings.intra_op_threads)
 
     def theirs(ids, max_new):

@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specops.bench import NEAR_TIE, load_prompt_set, run_interleaved, summarize  # noqa: E402
+from specops.bench import NEAR_TIE, first_divergence, load_prompt_set, run_interleaved, summarize  # noqa: E402
 from specops.config import Settings  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
 from specops.speculators.base import Proposal  # noqa: E402
@@ -57,9 +57,7 @@ def exactness_failures(engine, prompts, results) -> list[str]:
     for s, per_prompt in results.items():
         for i, runs in enumerate(per_prompt):
             base, got = results["none"][i][0].token_ids, runs[0].token_ids
-            j = next((n for n, (a, b) in enumerate(zip(base, got)) if a != b), None)
-            if j is None and len(base) != len(got):
-                j = min(len(base), len(got))
+            j = first_divergence(got, base)
             if j is not None and not near_tie(engine, prompts[i] + base[:j]):
                 failures.append(f"{s}: greedy output differs from target-only on prompt {i} at token {j}")
     return failures

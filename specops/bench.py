@@ -23,15 +23,28 @@ NEAR_TIE = 0.08
 Results = dict[str, list[list[GenerationResult]]]  # speculator -> [prompt][repeat]
 
 
+def load_prompt_items(name: str) -> list[dict]:
+    """prompts/<name>.jsonl: {"kind": "free" | "chat" | ..., "prompt": text} per line."""
+    return [json.loads(line) for line in (PROMPTS / f"{name}.jsonl").read_text().splitlines() if line]
+
+
+def prompt_text(item: dict, tokenizer) -> str:
+    """Chat prompts go through the target's chat template; the others are raw text."""
+    if item["kind"] == "chat":
+        return tokenizer.apply_chat_template([ChatMessage("user", item["prompt"])])
+    return item["prompt"]
+
+
 def load_prompt_set(name: str, tokenizer) -> list[list[int]]:
-    items = [json.loads(line) for line in (PROMPTS / f"{name}.jsonl").read_text().splitlines() if line]
-    out = []
-    for item in items:
-        text = item["prompt"]
-        if item["kind"] == "chat":
-            text = tokenizer.apply_chat_template([ChatMessage("user", text)])
-        out.append(tokenizer.encode(text))
-    return out
+    return [tokenizer.encode(prompt_text(item, tokenizer)) for item in load_prompt_items(name)]
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    """Index of the first differing token (or where the shorter ends); None if equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[str], repeats: int,

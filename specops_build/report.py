@@ -8,21 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from specops.bench import load_prompt_items, prompt_text
+
 GOLDEN_NEW_TOKENS = 48
-
-
-def load_prompts(name: str) -> list[dict]:
-    return [json.loads(line) for line in (ROOT / "prompts" / f"{name}.jsonl").read_text().splitlines() if line]
-
-
-def prompt_text(item: dict, tokenizer) -> str:
-    """Chat prompts go through the target's chat template; others are raw text."""
-    if item["kind"] == "chat":
-        from specops.runtime.tokenizer import ChatMessage
-
-        return tokenizer.apply_chat_template([ChatMessage("user", item["prompt"])])
-    return item["prompt"]
 
 
 def stage_golden(out: Path, log) -> None:
@@ -35,8 +23,8 @@ def stage_golden(out: Path, log) -> None:
     model = og.Model(str(folder))
     og_tok = og.Tokenizer(model)
     ours = TextTokenizer(folder)
-    items = [p for p in load_prompts("free") if p["kind"] == "free"][:12] + \
-            [p for p in load_prompts("free") if p["kind"] == "chat"][:4]
+    items = [p for p in load_prompt_items("free") if p["kind"] == "free"][:12] + \
+            [p for p in load_prompt_items("free") if p["kind"] == "chat"][:4]
     records = []
     for item in items:
         text = prompt_text(item, ours)
@@ -111,7 +99,7 @@ def stage_report(out: Path, work: Path, plan, log) -> None:
     # Greedy agreement = acceptance of one-token draft proposals against target greedy.
     accepted = proposed = 0
     samples = []
-    for item in load_prompts("free"):
+    for item in load_prompt_items("free"):
         ids = engine.tokenizer.encode(prompt_text(item, engine.tokenizer))
         res = engine.generate(ids, SamplingParams(max_new_tokens=64, speculator="draft", k_draft=1))
         accepted += res.stats.accepted

@@ -2,7 +2,6 @@
 SPECOPS_DRAFT_MODEL name), loaded once per test session."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,11 @@ from specops.config import Settings
 from specops.loader import load_engine, local_paths
 from specops.runtime.decoder import Decoder
 from specops.runtime.model_folder import read_model_folder
-from specops.runtime.tokenizer import ChatMessage, TextTokenizer
+from specops.runtime.tokenizer import TextTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 
-from specops.bench import NEAR_TIE  # noqa: F401  (re-exported for the tests)
+from specops.bench import NEAR_TIE, first_divergence, prompt_text  # noqa: F401  (re-exported for the tests)
+from specops.bench import load_prompt_items as load_prompts  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -39,22 +38,8 @@ def draft_folder(settings) -> Path:
     return local_paths(settings).draft
 
 
-def load_prompts(name: str) -> list[dict]:
-    return [json.loads(line) for line in (ROOT / "prompts" / f"{name}.jsonl").read_text().splitlines() if line]
-
-
 def prompt_ids(item: dict, tokenizer: TextTokenizer) -> list[int]:
-    text = item["prompt"]
-    if item["kind"] == "chat":
-        text = tokenizer.apply_chat_template([ChatMessage("user", text)])
-    return tokenizer.encode(text)
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
+    return tokenizer.encode(prompt_text(item, tokenizer))
 
 
 def top2_gap(target_folder: Path, context: list[int]) -> tuple[float, tuple[int, int]]:
