@@ -1,13 +1,14 @@
 """Load test against a running SpecOps server: concurrent clients, a fixed count of requests.
 
     python scripts/load_test.py --url http://127.0.0.1:8888 --clients 8 --requests 64
-    python scripts/load_test.py --clients 1 --requests 16 --engine-baseline
+    python scripts/load_test.py --requests 16 --engine-baseline --rounds 5
 
 Each request streams /generate (so time to first token is seen by the client; --no-stream
 sends plain requests and takes TTFT from the server's reply). Prints one
 JSON line: requests/s, tokens/s, latency and TTFT percentiles (ms), errors by kind. With
---engine-baseline the same requests first run through an in-process engine (the server's
-SPECOPS_* settings must match) to give the engine's own tokens/s and the HTTP/engine ratio.
+--engine-baseline the same requests also run through an in-process engine (the server's
+SPECOPS_* settings must match), one client, each request in the engine then through HTTP
+back to back: the engine's own tokens/s and the HTTP/engine ratio (median over --rounds).
 Greedy, fixed prompt order (--seed): runs are comparable.
 """
 from __future__ import annotations
@@ -111,26 +112,51 @@ def summarize(results: list[dict], wall_s: float) -> dict:
             "ttft_ms": percentiles_ms([r["ttft_s"] for r in ok])}
 
 
-def engine_baseline(bodies: list[dict]) -> dict:
-    """The same requests, one after another, in an in-process engine (no HTTP, no queue)."""
+def engine_runner(bodies: list[dict]):
+    """A function that runs one request in an in-process engine (no HTTP, no queue) and
+    returns its token count."""
     sys.path.insert(0, str(ROOT))
     from specops.config import Settings
     from specops.engine.sampling_params import SamplingParams
     from specops.loader import load_engine
 
-    settings = Settings()
-    engine = load_engine(settings)
+    engine = load_engine(Settings())
 
     def run(body: dict) -> int:
         params = SamplingParams(max_new_tokens=body["max_new_tokens"], speculator=body["speculator"],
                                 k_draft=body["k_draft"])
         return len(engine.generate(engine.tokenizer.encode(body["prompt"]), params).token_ids)
+    return run
 
-    run(bodies[0])  # warm-up, as for HTTP
-    t0 = time.perf_counter()
-    tokens = sum(run(body) for body in bodies)
-    wall = time.perf_counter() - t0
-    return {"tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2)}
+
+async def paired_rounds(url: str, bodies: list[dict], headers: dict, stream: bool, rounds: int,
+                        run_engine) -> dict:
+    """One client: each request runs in the engine, then through HTTP, back to back, so that
+    both see the same machine (shared machines drift over seconds). Per round, tokens/s of each
+    side; the ratio is the median over rounds."""
+    request = one_request if stream else one_plain_request
+    per_round = []
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=600) as client:
+        run_engine(bodies[0])
+        await request(client, bodies[0])  # warm-up, not counted
+        for _ in range(rounds):
+            engine_s = http_s = 0.0
+            engine_tokens = http_tokens = errors = 0
+            for body in bodies:
+                t0 = time.perf_counter()
+                engine_tokens += run_engine(body)
+                t1 = time.perf_counter()
+                reply = await request(client, body)
+                http_s += time.perf_counter() - t1
+                engine_s += t1 - t0
+                errors += "error" in reply
+                http_tokens += reply.get("tokens", 0)
+            per_round.append({"engine_tokens_per_s": round(engine_tokens / engine_s, 2),
+                              "http_tokens_per_s": round(http_tokens / http_s, 2),
+                              "ratio": round(engine_s / http_s * http_tokens / max(engine_tokens, 1), 3),
+                              "errors": errors})
+    return {"rounds": per_round, "errors": sum(r["errors"] for r in per_round),
+            "http_over_engine": round(float(np.median([r["ratio"] for r in per_round])), 3)}
 
 
 def main() -> int:
@@ -144,8 +170,11 @@ def main() -> int:
     ap.add_argument("--prompts", type=Path, default=ROOT / "prompts" / "free.jsonl")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--api-key", default="")
-    ap.add_argument("--engine-baseline", action="store_true", help="also time the same requests in-process")
+    ap.add_argument("--engine-baseline", action="store_true", help="one client: time each request in an "
+                    "in-process engine and through HTTP, back to back, and report the ratio")
     ap.add_argument("--no-stream", action="store_true", help="plain JSON requests (TTFT from the server)")
+    ap.add_argument("--rounds", type=int, default=3, help="with --engine-baseline: rounds over the requests; "
+                    "the ratio is their median (shared machines are noisy)")
     args = ap.parse_args()
 
     bodies = [{"prompt": p, "max_new_tokens": args.max_new_tokens, "speculator": args.speculator,
@@ -154,16 +183,17 @@ def main() -> int:
     report = {"clients": args.clients, "requests": args.requests, "max_new_tokens": args.max_new_tokens,
               "speculator": args.speculator, "k_draft": args.k_draft, "prompts": args.prompts.name,
               "stream": not args.no_stream}
-    if args.engine_baseline:  # first, while the server is idle: the two must not share the CPU
-        report["engine"] = engine_baseline(bodies)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.engine_baseline:  # the server's SPECOPS_* settings must match this process's
+        report["clients"] = 1
+        report.update(asyncio.run(paired_rounds(args.url, bodies, headers, not args.no_stream, args.rounds,
+                                                engine_runner(bodies))))
+        print(json.dumps(report))
+        return 0 if report["errors"] == 0 else 1
     results, wall = asyncio.run(run_clients(args.url, bodies, args.clients, headers, stream=not args.no_stream))
     report["http"] = summarize(results, wall)
-    if args.engine_baseline:
-        report["http_over_engine"] = round(report["http"]["tokens_per_s"] / report["engine"]["tokens_per_s"], 3)
     print(json.dumps(report))
     return 0 if report["http"]["errors"] == 0 else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())
