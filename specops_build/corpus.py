@@ -56,5 +56,34 @@ def chat_examples(topics: dict[str, str], seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
+# Markers between a snippet and its repetition. Deliberately not the phrases of the repo's
+# copy-heavy benchmark prompts (prompts/copy.jsonl), so the benchmark measures a learned skill.
+COPY_MARKERS = ["", "# again", "# Copy:", "# Repeated:", "# Same as above:", "# duplicate",
+                "Once more:", "As before:", ">>> # the same", "# (copied)"]
+
+
+def copy_examples(docs: list[str], seed: int, count: int) -> list[str]:
+    """Documents where a run of lines reappears verbatim after a marker.
+
+    A model learns to continue a repetition (the skill prompt-lookup speculation relies on, as
+    in edits, quotes and code rewrites) from repeated text; a corpus seen for less than one
+    epoch has too little of it for a small model, so the build adds some.
+    """
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        lines = rng.choice(docs).splitlines()
+        if len(lines) < 4:
+            continue
+        n = rng.randint(3, min(16, len(lines)))
+        start = rng.randrange(0, len(lines) - n + 1)
+        snippet = "\n".join(lines[start:start + n]).strip("\n")
+        if len(snippet) < 40:
+            continue
+        marker = rng.choice(COPY_MARKERS)
+        out.append(f"{snippet}\n\n{marker}\n{snippet}\n" if marker else f"{snippet}\n{snippet}\n")
+    return out
+
+
 def python_version() -> str:
     return sys.version.split()[0]

@@ -15,9 +15,9 @@ from transformers import LlamaForCausalLM
 
 from . import tokenizer as tk
 from .config import BuildPlan
-from .corpus import chat_examples, load_corpus
+from .corpus import chat_examples, copy_examples, load_corpus
 from .export_draft import export_optimum_style, max_logit_error, quantize_int4
-from .train import greedy_continuations, make_model, rows_sampler, train_lm, window_sampler
+from .train import greedy_continuations, grow_depth, make_model, rows_sampler, train_lm, window_sampler
 
 PHI3_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -58,11 +58,11 @@ def _chat_text(question: str, answer: str) -> str:
 
 
 def target_stream(work: Path, plan: BuildPlan) -> np.ndarray:
-    """Training tokens: corpus documents and chat examples, each closed by <|endoftext|>."""
+    """Training tokens: corpus documents, chat examples and repetitions, each closed by <|endoftext|>."""
     tok = Tokenizer.from_file(str(work / "target_tokenizer.json"))
     corpus = load_corpus()
     chats = [_chat_text(q, a) for q, a in chat_examples(corpus.topics, plan.seed)]
-    docs = corpus.train + chats * 3
+    docs = corpus.train + chats * 3 + copy_examples(corpus.train, plan.seed + 4, plan.copy_examples)
     random.Random(plan.seed).shuffle(docs)
     ids: list[int] = []
     for enc in tok.encode_batch(docs, add_special_tokens=False):
@@ -75,12 +75,19 @@ def stage_target_train(work: Path, plan: BuildPlan, log) -> None:
     data = target_stream(work, plan)
     log(f"target: {len(data)} training tokens")
     s = plan.target
-    model = make_model(tk.TARGET_ROWS, s.hidden, s.layers, s.heads, s.kv_heads, s.intermediate,
+    sampler = window_sampler(data, plan.target_batch, plan.seq)
+    model = make_model(tk.TARGET_ROWS, s.hidden, plan.target_grow_from, s.heads, s.kv_heads, s.intermediate,
                        plan.context, plan.seed, bos_token_id=tk.BOS, eos_token_id=tk.END)
-    log(f"target: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-    train_lm(model, window_sampler(data, plan.target_batch, plan.seq), plan.target_steps,
-             plan.target_lr, plan.seed, log, "target")
+    log(f"target: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {plan.target_grow_from} layers")
+    losses = train_lm(model, sampler, plan.target_steps, plan.target_lr, plan.seed, log, "target")
+    model = grow_depth(model, s.layers)
+    log(f"target: grown to {s.layers} layers, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+    losses += train_lm(model, sampler, plan.target_grow_steps, plan.target_grow_lr, plan.seed + 9, log,
+                       "target (grown)")
     model.save_pretrained(work / "target_hf")
+    steps = plan.target_steps + plan.target_grow_steps
+    _write_json(work / "target_losses.json", {"tokens_seen": steps * plan.target_batch * plan.seq,
+                                              "corpus_tokens": int(len(data)), "losses": losses})
 
 
 def _write_json(path: Path, obj) -> None:

@@ -44,20 +44,25 @@ def stage_golden(out: Path, log) -> None:
     log(f"golden: {len(records)} prompts from onnxruntime-genai greedy -> {path}")
 
 
-def pass_costs(target, draft, past: int = 100, repeats: int = 300) -> dict:
-    """Median ms of one pass over 1 and 5 new tokens after `past` tokens, interleaved."""
+def pass_costs(target, draft, past: int = 100, blocks: int = 40, block: int = 8) -> dict:
+    """Median ms of one pass over 1 and 5 new tokens after `past` tokens.
+
+    Passes run in blocks of `block` of one kind (a draft proposes several tokens in a row; the
+    target verifies once), the four kinds taking turns, so that all of them see the same
+    machine over the run (a shared machine drifts)."""
     ids = (np.arange(past + 5) % 500 + 3).tolist()
     for dec in (target, draft):
         dec.reset()
         dec.prefill(ids[:past])
     times: dict[str, list[float]] = {}
-    for _ in range(repeats):
+    for _ in range(blocks):
         for name, dec in (("target", target), ("draft", draft)):
             for n in (1, 5):
-                t = time.perf_counter()
-                dec.append(ids[past:past + n])
-                times.setdefault(f"{name}_{n}_ms", []).append((time.perf_counter() - t) * 1000)
-                dec.rewind(past)
+                for _ in range(block):
+                    t = time.perf_counter()
+                    dec.append(ids[past:past + n])
+                    times.setdefault(f"{name}_{n}_ms", []).append((time.perf_counter() - t) * 1000)
+                    dec.rewind(past)
     out = {k: round(float(np.median(v)), 3) for k, v in times.items()}
     out["ratio_1_token"] = round(out["target_1_ms"] / out["draft_1_ms"], 2)
     return out
@@ -87,6 +92,11 @@ def stage_report(out: Path, work: Path, plan, log) -> None:
     engine = load_engine(Settings(verify_checksums=False), paths, calibrate=False)
     report: dict = {"sizes_mb": {}, "plan": {"target": vars(plan.target), "draft": vars(plan.draft),
                                              "seed": plan.seed, "target_steps": plan.target_steps}}
+    if (losses_file := work / "target_losses.json").exists():
+        training = json.loads(losses_file.read_text())
+        losses = training.pop("losses")
+        report["target_training"] = {**training, "first_50_mean_loss": round(float(np.mean(losses[:50])), 3),
+                                     "last_50_mean_loss": round(float(np.mean(losses[-50:])), 3)}
     for name in ("target", "draft"):
         report["sizes_mb"][name] = round(sum(f.stat().st_size for f in (out / name).iterdir()) / 1e6, 2)
     report["pass_costs"] = pass_costs(engine.target, engine.draft.decoder)

@@ -86,6 +86,7 @@ class Engine:
                 break
             new = self._round(context[:n], params, sampler, stats, len(out.ids))
         stats.generated_tokens = len(out.ids)
+        stats.eos_committed = out.eos_committed
         stats.total_s = time.perf_counter() - start
         return GenerationResult(out.finish(), out.ids, finish, stats)
 

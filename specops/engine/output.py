@@ -18,12 +18,14 @@ class Output:
         self.ids: list[int] = []
         self.text = ""
         self._emitted = 0
+        self.eos_committed = False  # the target chose an EOS id (dropped from the output)
         self._per_round = bool(stop.stop) or on_tokens is not None
 
     def commit(self, new: list[int]) -> tuple[list[int], str | None]:
         """Append a round's tokens (trimmed at EOS or the budget); returns them and the finish
         reason ("stop" or "length"), or None to go on."""
         new, finish = self.stop.cut_tokens(len(self.ids), new)
+        self.eos_committed = finish == "stop"
         self.ids += new
         if self._per_round:
             self.text, hit = self.stop.cut_text(self.tokenizer.decode(self.ids))

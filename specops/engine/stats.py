@@ -9,6 +9,7 @@ class GenerationStats:
     speculator: str = "none"
     prompt_tokens: int = 0
     generated_tokens: int = 0
+    eos_committed: bool = False  # ended at an EOS id the target chose (not in generated_tokens)
     target_passes: int = 0  # verify passes during decoding (prefill not counted)
     draft_passes: int = 0
     rounds: int = 0
@@ -25,8 +26,9 @@ class GenerationStats:
 
     @property
     def decode_tokens(self) -> int:
-        """Tokens committed by decoding rounds (the first token comes from the prefill)."""
-        return max(self.generated_tokens - 1, 0)
+        """Tokens committed by decoding rounds (the first token comes from the prefill). A final
+        EOS counts: a pass chose it, though the output drops it."""
+        return max(self.generated_tokens + self.eos_committed - 1, 0)
 
     @property
     def tokens_per_jump(self) -> float:
