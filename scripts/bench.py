@@ -97,11 +97,16 @@ def main() -> int:
     progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
     report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "k": args.k,
+              # start-up calibration; each set's bound uses the online estimates in its bound_costs
               "verify_ms": [round(t * 1000, 3) for t in engine.cost.verify_s[:args.k + 1]],
               "draft_ms": round((engine.cost.draft_s or 0) * 1000, 3), "sets": {}}
     for name, prompts in sets.items():
         results = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress)
-        report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k)}
+        report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k),
+                                # the costs the bounds used: the engine's online estimates by now
+                                "bound_costs": {"verify_ms": [round(t * 1000, 3) for t in
+                                                              engine.cost.verify_s[:args.k + 1]],
+                                                "draft_ms": round((engine.cost.draft_s or 0) * 1000, 3)}}
         if "none" in results:
             report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
         if peers:
