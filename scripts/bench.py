@@ -60,6 +60,12 @@ def peer_ratios(ours: dict, peers: dict) -> dict:
             for mine, theirs in PEER_OF.items() if mine in ours and theirs in peers}
 
 
+def cost_figures(engine, k: int) -> dict:
+    """The engine's current cost estimates: verify passes of 1..k+1 tokens and one draft pass (ms)."""
+    return {"verify_ms": [round(t * 1000, 3) for t in engine.cost.verify_s[:k + 1]],
+            "draft_ms": round((engine.cost.draft_s or 0) * 1000, 3)}
+
+
 class Progress:
     def __init__(self, total: int):
         self.total, self.done, self.start = total, 0, time.time()
@@ -98,15 +104,12 @@ def main() -> int:
     report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
               "max_new_tokens": args.max_new_tokens, "k": args.k,
               # start-up calibration; each set's bound uses the online estimates in its bound_costs
-              "verify_ms": [round(t * 1000, 3) for t in engine.cost.verify_s[:args.k + 1]],
-              "draft_ms": round((engine.cost.draft_s or 0) * 1000, 3), "sets": {}}
+              **cost_figures(engine, args.k), "sets": {}}
     for name, prompts in sets.items():
         results = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress)
         report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k),
                                 # the costs the bounds used: the engine's online estimates by now
-                                "bound_costs": {"verify_ms": [round(t * 1000, 3) for t in
-                                                              engine.cost.verify_s[:args.k + 1]],
-                                                "draft_ms": round((engine.cost.draft_s or 0) * 1000, 3)}}
+                                "bound_costs": cost_figures(engine, args.k)}
         if "none" in results:
             report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
         if peers:

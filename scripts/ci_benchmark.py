@@ -29,7 +29,6 @@ from specops.loader import load_engine  # noqa: E402
 from specops.speculators.base import Proposal  # noqa: E402
 
 
-
 class RandomProposer:
     """A deliberately broken speculator (for proving the gate can fail): random ids."""
 

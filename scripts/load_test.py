@@ -112,7 +112,7 @@ def summarize(results: list[dict], wall_s: float) -> dict:
             "ttft_ms": percentiles_ms([r["ttft_s"] for r in ok])}
 
 
-def engine_runner(bodies: list[dict]):
+def engine_runner():
     """A function that runs one request in an in-process engine (no HTTP, no queue) and
     returns its token count."""
     sys.path.insert(0, str(ROOT))
@@ -187,13 +187,14 @@ def main() -> int:
     if args.engine_baseline:  # the server's SPECOPS_* settings must match this process's
         report["clients"] = 1
         report.update(asyncio.run(paired_rounds(args.url, bodies, headers, not args.no_stream, args.rounds,
-                                                engine_runner(bodies))))
+                                                engine_runner())))
         print(json.dumps(report))
         return 0 if report["errors"] == 0 else 1
     results, wall = asyncio.run(run_clients(args.url, bodies, args.clients, headers, stream=not args.no_stream))
     report["http"] = summarize(results, wall)
     print(json.dumps(report))
     return 0 if report["http"]["errors"] == 0 else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

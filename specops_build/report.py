@@ -23,8 +23,8 @@ def stage_golden(out: Path, log) -> None:
     model = og.Model(str(folder))
     og_tok = og.Tokenizer(model)
     ours = TextTokenizer(folder)
-    items = [p for p in load_prompt_items("free") if p["kind"] == "free"][:12] + \
-            [p for p in load_prompt_items("free") if p["kind"] == "chat"][:4]
+    prompts = load_prompt_items("free")
+    items = [p for p in prompts if p["kind"] == "free"][:12] + [p for p in prompts if p["kind"] == "chat"][:4]
     records = []
     for item in items:
         text = prompt_text(item, ours)

@@ -29,13 +29,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
 import ort_genai as peers  # noqa: E402
+
+from specops.bench import first_divergence, prompt_text  # noqa: E402
 
 
 def load_prompts(target: Path, files: list[Path], limit: int) -> dict[str, list[tuple[str, list[int]]]]:
     """Prompt ids as our engine would build them (its tokenizer and chat template)."""
-    sys.path.insert(0, str(ROOT))
-    from specops.runtime.tokenizer import ChatMessage, TextTokenizer
+    from specops.runtime.tokenizer import TextTokenizer
 
     tok = TextTokenizer(target)
     out: dict[str, list[tuple[str, list[int]]]] = {}
@@ -43,13 +45,7 @@ def load_prompts(target: Path, files: list[Path], limit: int) -> dict[str, list[
         items = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         if limit:
             items = items[:limit]
-        rows = []
-        for item in items:
-            text = item["prompt"]
-            if item["kind"] == "chat":
-                text = tok.apply_chat_template([ChatMessage("user", text)])
-            rows.append((item["kind"], tok.encode(text)))
-        out[f.stem] = rows
+        out[f.stem] = [(item["kind"], tok.encode(prompt_text(item, tok))) for item in items]
     return out
 
 
@@ -64,13 +60,6 @@ def near_tie_gap(greedy: peers.Runner, ids: list[int]) -> tuple[float, list[int]
     logits = np.asarray(gen.get_logits()).reshape(-1)
     top = np.argsort(logits)[-2:][::-1]
     return float(logits[top[0]] - logits[top[1]]), [int(t) for t in top]
-
-
-def first_diff(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 def main() -> int:
@@ -144,7 +133,7 @@ def main() -> int:
                 for idx, (kind, ids) in enumerate(rows):
                     ref = refs[(fname, idx)]
                     got = runners[mode](ids, args.max_new_tokens)["tokens"]
-                    pos = first_diff(ref, got)
+                    pos = first_divergence(ref, got)
                     if pos is None:
                         same += 1
                         continue

@@ -34,7 +34,6 @@ import argparse
 import atexit
 import copy
 import json
-import os
 import shutil
 import sys
 import tempfile

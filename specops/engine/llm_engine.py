@@ -19,10 +19,10 @@ from ..speculators.base import Proposal
 from ..speculators.draft import DraftModelSpeculator
 from ..speculators.ngram import NgramSpeculator
 from .adaptive import CostModel
+from .output import OnTokens, Output
 from .sampling import Sampler
 from .sampling_params import SamplingParams
 from .stats import GenerationStats
-from .output import OnTokens, Output
 from .stopping import StopCheck
 from .verify import accept_greedy, accept_sampled
 
