@@ -8,6 +8,7 @@ writes it to a file, --chart draws tok/s and TPJ per speculator (needs matplotli
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -61,9 +62,15 @@ def peer_ratios(ours: dict, peers: dict) -> dict:
 
 
 def cost_figures(engine, k: int) -> dict:
-    """The engine's current cost estimates: verify passes of 1..k+1 tokens and one draft pass (ms)."""
-    return {"verify_ms": [round(t * 1000, 3) for t in engine.cost.verify_s[:k + 1]],
-            "draft_ms": round((engine.cost.draft_s or 0) * 1000, 3)}
+    """The engine's current cost estimates (ms): verify passes of 1..k+1 tokens, alone and right
+    after draft passes, and one draft pass."""
+    cost = engine.cost
+
+    def ms(table):
+        return [round(t * 1000, 3) for t in (table or [])[:k + 1]]
+
+    return {"verify_ms": ms(cost.verify_s), "verify_after_draft_ms": ms(cost.verify_after_draft_s),
+            "draft_ms": round((cost.draft_s or 0) * 1000, 3)}
 
 
 class Progress:
@@ -83,7 +90,8 @@ class Progress:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sets", default="copy,free")
-    parser.add_argument("--speculators", default=",".join(SPECULATORS))
+    parser.add_argument("--speculators", default=",".join(SPECULATORS),
+                        help="comma-separated; NAME@fixed proposes k every round instead of adapting k")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--k", type=int, default=4, help="k_draft upper bound")
@@ -95,6 +103,7 @@ def main() -> int:
 
     settings = Settings()
     engine = load_engine(settings)
+    startup = copy.deepcopy(engine.cost)  # pass costs timed alone, before the online estimates move
     peers, refused = peer_runners(settings, args.k) if args.peers else ({}, {})
     speculators = args.speculators.split(",")
     sets = {name: load_prompt_set(name, engine.tokenizer) for name in args.sets.split(",")}
@@ -107,7 +116,7 @@ def main() -> int:
               **cost_figures(engine, args.k), "sets": {}}
     for name, prompts in sets.items():
         results = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress)
-        report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k),
+        report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k, startup),
                                 # the costs the bounds used: the engine's online estimates by now
                                 "bound_costs": cost_figures(engine, args.k)}
         if "none" in results:

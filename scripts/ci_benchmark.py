@@ -39,7 +39,7 @@ class RandomProposer:
     def reset(self):
         self.inner.reset()
 
-    def propose(self, context, k, sampler=None):
+    def propose(self, context, k, sampler=None, stopper=None):
         return Proposal(self.rng.integers(0, self.vocab, size=k), None, self.name)
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .engine.adaptive import expected_tokens
+from .engine.adaptive import CostModel, expected_tokens
 from .engine.llm_engine import Engine, GenerationResult
 from .engine.sampling_params import SamplingParams
 from .runtime.tokenizer import ChatMessage
@@ -54,7 +54,9 @@ def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[
     for _ in range(repeats):
         for i, ids in enumerate(prompts):
             for s in speculators:
-                params = SamplingParams(max_new_tokens=max_new_tokens, speculator=s, k_draft=k)
+                name, _, mode = s.partition("@")  # "draft@fixed": every round proposes k
+                params = SamplingParams(max_new_tokens=max_new_tokens, speculator=name, k_draft=k,
+                                        adaptive_k=mode != "fixed")
                 out[s][i].append(engine.generate(ids, params))
                 if tick:
                     tick()
@@ -67,11 +69,20 @@ def cost_bound(a: float, k: int, verify_ratio: float, c: float) -> float:
     return expected_tokens(a, k) / (verify_ratio + k * c) if k else 1.0
 
 
-def summarize(results: Results, engine: Engine, k: int) -> dict[str, dict]:
-    """Medians per speculator; speedup = median over (prompt, repeat) of time(none) / time(s)."""
+def best_bound(a: float, k_max: int, cost: CostModel, draft: bool) -> tuple[float, int]:
+    """The bound at the best k in 0..k_max for the measured costs (k = 0: plain decoding)."""
+    c = (cost.draft_s or 0.0) / cost.verify(1) if draft else 0.0
+    return max((cost_bound(a, k, cost.verify(k + 1, draft) / cost.verify(1), c), k) for k in range(k_max + 1))
+
+
+def summarize(results: Results, engine: Engine, k: int, startup: CostModel | None = None) -> dict[str, dict]:
+    """Medians per speculator; speedup = median over (prompt, repeat) of time(none) / time(s).
+
+    Each single speculator gets the cost-model bound at its measured per-token acceptance and the
+    best k: `bound` with the pass costs timed alone at start-up (`startup`, the strict one),
+    `bound_online` with the engine's in-loop estimates (they include what alternating the two
+    sessions costs)."""
     base = results.get("none")
-    cost = engine.cost
-    c = (cost.draft_s or 0.0) / cost.verify(1)
     out = {}
     for s, per_prompt in results.items():
         flat = [r for runs in per_prompt for r in runs]
@@ -87,9 +98,11 @@ def summarize(results: Results, engine: Engine, k: int) -> dict[str, dict]:
             ratios = [b.stats.total_s / r.stats.total_s * (r.stats.generated_tokens / max(b.stats.generated_tokens, 1))
                       for bs, rs in zip(base, per_prompt) for b, r in zip(bs, rs)]
             row["speedup"] = float(np.median(ratios))
-        if s in ("ngram", "draft"):
+        kind = s.partition("@")[0]
+        if kind in ("ngram", "draft"):
             a = row["per_token_acceptance"]
-            row["bound"] = cost_bound(a, k, cost.verify(k + 1) / cost.verify(1), c if s == "draft" else 0.0)
+            row["bound_online"], _ = best_bound(a, k, engine.cost, kind == "draft")
+            row["bound"], row["bound_k"] = best_bound(a, k, startup or engine.cost, kind == "draft")
             row["of_bound"] = row["speedup"] / row["bound"] if base is not None and row["bound"] else None
         out[s] = {key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()}
     return out

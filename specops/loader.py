@@ -57,38 +57,55 @@ def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: 
     return engine
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+def measure_costs(engine: Engine, max_k: int, prefix: int = 64, repeats: int = 3, block: int = 6) -> CostModel:
+    """Time target passes over n = 1..max_k+1 tokens after `prefix` tokens, alone and right after
+    two draft passes (as in a draft round), and one draft pass.
 
-
-def measure_costs(engine: Engine, max_k: int, prefix: int = 64, repeats: int = 7) -> CostModel:
-    """Time one target pass over n = 1..max_k+1 tokens and one draft pass, after `prefix` tokens."""
-    ids = (np.arange(prefix + max_k + 1) % 200 + 3).tolist()
+    A pass costs more right after a longer one (a 1-token pass 20% more after a 17-token pass,
+    and for several passes), so each length is timed in a block of `block` passes, the first two
+    of which only warm up, from the longest length down to one token; the sweep is repeated
+    `repeats` times so that drift of a shared machine spreads over all lengths. Medians."""
+    ids = (np.arange(prefix + max_k + 2) % 200 + 3).tolist()
     target = engine.target
+    draft = engine.draft.decoder if engine.draft is not None else None
     target.reset()
     target.prefill(ids[:prefix])
+    if draft is not None:
+        draft.reset()
+        draft.prefill(ids[:prefix])
 
-    def verify(n):
-        target.append(ids[prefix:prefix + n])
+    def timed(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    def verify(n: int) -> float:
+        seconds = timed(lambda: target.append(ids[prefix:prefix + n], copy=False))
         target.rewind(prefix)
+        return seconds
 
-    verify_s = [_median_time(lambda: verify(n), repeats) for n in range(1, max_k + 2)]
+    def draft_pass() -> float:
+        seconds = timed(lambda: draft.append(ids[prefix:prefix + 1], copy=False))
+        draft.rewind(prefix)
+        return seconds
+
+    ns = range(max_k + 1, 0, -1)  # longest first
+    plain, after, drafts = {n: [] for n in ns}, {n: [] for n in ns}, []
+    for _ in range(repeats):
+        for n in ns:
+            plain[n] += [verify(n) for _ in range(block)][2:]
+            if draft is not None:
+                for i in range(block):
+                    d = [draft_pass(), draft_pass()]
+                    seconds = verify(n)
+                    if i >= 2:
+                        drafts += d
+                        after[n].append(seconds)
     target.reset()
-    draft_s = None
-    if engine.draft is not None:
-        dec = engine.draft.decoder
-        dec.reset()
-        dec.prefill(ids[:prefix])
-
-        def step():
-            dec.append(ids[prefix:prefix + 1])
-            dec.rewind(prefix)
-
-        draft_s = _median_time(step, repeats * 3)
-        engine.draft.reset()
-    return CostModel(verify_s=verify_s, draft_s=draft_s)
+    ns = range(1, max_k + 2)
+    verify_s = [float(np.median(plain[n])) for n in ns]
+    if draft is None:
+        return CostModel(verify_s=verify_s, draft_s=None)
+    engine.draft.reset()
+    return CostModel(verify_s=verify_s, draft_s=float(np.median(drafts)),
+                     verify_after_draft_s=[float(np.median(after[n])) for n in ns])

@@ -12,7 +12,8 @@ PROMPT = "def read_config(path):\n"
 @pytest.mark.parametrize("budget", [1, 2, 7])
 def test_never_overshoots_max_new_tokens(engine, speculator, budget):
     res = engine.generate(engine.tokenizer.encode(PROMPT),
-                          SamplingParams(max_new_tokens=budget, speculator=speculator, k_draft=8))
+                          SamplingParams(max_new_tokens=budget, speculator=speculator, k_draft=8,
+                                         adaptive_k=speculator == "auto"))
     assert len(res.token_ids) <= budget
     assert res.finish_reason == "length" or (res.finish_reason == "stop" and len(res.token_ids) < budget)
 

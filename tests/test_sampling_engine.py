@@ -22,7 +22,7 @@ def sequences(engine, speculator: str, seed0: int) -> Counter:
     out = Counter()
     for i in range(N):
         params = SamplingParams(max_new_tokens=3, temperature=1.0, top_k=3, seed=seed0 + i,
-                                speculator=speculator, k_draft=2)
+                                speculator=speculator, k_draft=2, adaptive_k=False)
         out[tuple(engine.generate(ids, params).token_ids)] += 1
     return out
 

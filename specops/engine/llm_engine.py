@@ -18,7 +18,7 @@ from ..runtime.tokenizer import TextTokenizer
 from ..speculators.base import Proposal
 from ..speculators.draft import DraftModelSpeculator
 from ..speculators.ngram import NgramSpeculator
-from .adaptive import CostModel
+from .adaptive import CostModel, DraftStopper
 from .output import OnTokens, Output
 from .sampling import Sampler
 from .sampling_params import SamplingParams
@@ -43,7 +43,8 @@ class Engine:
         self.ngram = ngram or NgramSpeculator()
         self.prefill_chunk = prefill_chunk
         self.eos_ids = frozenset(target.spec.eos_ids)
-        self.cost = cost_model or CostModel(verify_s=[1.0], draft_s=None)
+        # uncalibrated: flat verify cost and a free draft, so every round proposes all it can
+        self.cost = cost_model or CostModel(verify_s=[1.0], draft_s=0.0 if draft is not None else None)
 
     @property
     def capacity(self) -> int:
@@ -102,9 +103,10 @@ class Engine:
         room = self.capacity - len(context)  # the verify pass adds k + 1 rows to len(context) - 1
         k_max = max(min(params.k_draft, room - 1, params.max_new_tokens - n_generated - 1), 0)
         t0 = time.perf_counter()
-        proposal = self._propose(context, k_max, params.speculator, sampler)
+        proposal = self._propose(context, k_max, params, sampler)
         t1 = time.perf_counter()
-        logits = self.target.append([int(context[-1]), *proposal.ids.tolist()])  # [k + 1, V]
+        # [k + 1, V], read before the next pass (so no copy)
+        logits = self.target.append([int(context[-1]), *proposal.ids.tolist()], copy=False)
         t2 = time.perf_counter()
         if sampler is None:
             j, nxt = accept_greedy(proposal.ids, logits.argmax(axis=-1))
@@ -116,35 +118,39 @@ class Engine:
         stats.draft_passes += proposal.draft_passes
         stats.draft_s += t1 - t0
         stats.verify_s += t2 - t1
-        self.cost.observe_verify(k + 1, t2 - t1)
+        self.cost.observe_verify(k + 1, t2 - t1, after_draft=proposal.draft_passes > 0)
         if proposal.source:
-            self.cost.observe_round(proposal.source, k, j)
-        if proposal.draft_passes:
+            self.cost.observe_round(proposal.key, k, j)
+        if proposal.confidence is not None:
+            self.cost.observe_confidence(proposal.confidence, j, sampler is None)
+        if proposal.draft_passes and not proposal.catchup:  # a long catch-up is not a pass's cost
             self.cost.observe_draft(proposal.draft_passes, t1 - t0)
         return [*proposal.ids[:j].tolist(), nxt]
 
-    def _propose(self, context: np.ndarray, k_max: int, speculator: str, sampler: Sampler | None) -> Proposal:
+    def _propose(self, context: np.ndarray, k_max: int, params: SamplingParams, sampler: Sampler | None) -> Proposal:
+        """The round's proposal. `ngram` and `draft` use their own speculator, `hybrid` the draft
+        only where the lookup finds nothing, `auto` whichever promises more; with adaptive k the
+        cost model also picks k (0 = a plain step), else every proposal is as long as it can be."""
+        speculator = params.speculator
         if k_max == 0 or speculator == "none":
             return Proposal.empty()
-        if speculator == "draft":
-            return self.draft.propose(context, k_max, sampler)
-        lookup = self.ngram.propose(context, k_max)
-        if speculator == "ngram" or (speculator == "hybrid" and len(lookup.ids)):
-            return lookup
-        if speculator == "hybrid":
-            return self.draft.propose(context, k_max, sampler)
-        return self._propose_auto(context, k_max, lookup, sampler)
-
-    def _propose_auto(self, context: np.ndarray, k_max: int, lookup: Proposal, sampler) -> Proposal:
-        """Adaptive: the speculator and k (0 included) with the best expected tokens/second."""
-        options = [("none", 0, self.cost.rate("none", 0))]
-        if len(lookup.ids):
-            options.append(("ngram", *self.cost.best_k("ngram", min(k_max, len(lookup.ids)))))
-        if self.draft is not None and self.cost.draft_s is not None:
+        lookup = self.ngram.propose(context, k_max) if speculator != "draft" else Proposal.empty()
+        found = len(lookup.ids) > 0
+        use_draft = self.draft is not None and (speculator in ("draft", "auto") or (speculator == "hybrid" and not found))
+        if not params.adaptive_k and speculator != "auto":
+            if found:
+                return lookup
+            return self.draft.propose(context, k_max, sampler) if use_draft else Proposal.empty()
+        options = [("", 0, self.cost.rate("none", 0))]
+        if found:
+            options.append((lookup.key, *self.cost.best_k(lookup.key, len(lookup.ids))))
+        if use_draft:
             options.append(("draft", *self.cost.best_k("draft", k_max)))
-        source, k, _ = max(options, key=lambda o: o[2])
+        key, k, _ = max(options, key=lambda o: o[2])
         if k == 0:
+            if len(options) > 1:
+                self.cost.drift()  # declined: no evidence this round, so estimates relax
             return Proposal.empty()
-        if source == "ngram":
-            return Proposal(lookup.ids[:k], None, "ngram")
-        return self.draft.propose(context, k, sampler)
+        if key == "draft":  # the stopper sets the length, token by token, up to k_max
+            return self.draft.propose(context, k_max, sampler, DraftStopper(self.cost, k_max, sampler is None))
+        return Proposal(lookup.ids[:k], None, lookup.source, match=lookup.match)

@@ -16,6 +16,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     speculator: str = "auto"
     k_draft: int = 4  # upper bound on proposed tokens per round
+    # True: each round the cost model picks k in 0..k_draft (0 = a plain step). False: every
+    # round proposes all the speculator offers up to k_draft (benchmarks and tests). `auto`
+    # always adapts: it also picks the speculator.
+    adaptive_k: bool = True
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

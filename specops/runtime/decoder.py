@@ -106,9 +106,11 @@ class Decoder:
             self._slots = 0  # physical entries in the concat cache, live or masked
 
     # -- forward ---------------------------------------------------------------------------
-    def append(self, ids, all_logits: bool = True) -> np.ndarray:
+    def append(self, ids, all_logits: bool = True, copy: bool = True) -> np.ndarray:
         """Run `ids` (the next tokens) on top of the cache. Returns logits [n, vocab] (fp32),
-        or [1, vocab] for the last token only when `all_logits` is False."""
+        or [1, vocab] for the last token only when `all_logits` is False. `copy=False` returns
+        the preallocated output itself: no copy, but the next append of as many tokens
+        overwrites it (for callers that are done with the logits before then)."""
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
         n = ids.shape[1]
         if n == 0:
@@ -130,7 +132,10 @@ class Decoder:
             self._kv = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.spec.num_layers)]
             self._slots += n
         self.length += n
-        logits = logits_buf[0].copy() if logits_buf is not None else io.get_outputs()[0].numpy()[0]
+        if logits_buf is None:
+            logits = io.get_outputs()[0].numpy()[0]
+        else:
+            logits = logits_buf[0].copy() if copy else logits_buf[0]
         return logits if all_logits else logits[-1:]
 
     def _bind_logits(self, n: int) -> np.ndarray | None:
@@ -161,11 +166,12 @@ class Decoder:
             io.bind_output(ov, "cpu")
 
     def prefill(self, ids, chunk: int = 512) -> np.ndarray:
-        """Append a long prompt in chunks (bounds the attention scratch); last logits [vocab]."""
+        """Append a long prompt in chunks (bounds the attention scratch); last logits [vocab]
+        (not a copy: valid until the next append)."""
         ids = np.asarray(ids, dtype=np.int64)
         logits = None
         for start in range(0, len(ids), chunk):
-            logits = self.append(ids[start:start + chunk], all_logits=False)
+            logits = self.append(ids[start:start + chunk], all_logits=False, copy=False)
         return logits[-1]
 
     def rewind(self, length: int) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 

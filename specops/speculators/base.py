@@ -13,6 +13,14 @@ class Proposal:
     q: np.ndarray | None = None  # [k, target_vocab] draft probabilities; None = deterministic
     source: str = ""  # which speculator made it ("ngram", "draft")
     draft_passes: int = 0
+    match: int = 0  # n-gram only: length of the suffix that matched (longer = likelier accepted)
+    confidence: np.ndarray | None = None  # draft only: [k] the draft's probability of each proposal's top choice
+    catchup: int = 0  # draft only: tokens its first pass fed beyond a round's usual two
+
+    @property
+    def key(self) -> str:
+        """The class whose acceptance the cost model tracks: 'draft', 'ngram1'..'ngramN'."""
+        return f"{self.source}{self.match}" if self.match else self.source
 
     @classmethod
     def empty(cls, source: str = "") -> "Proposal":

@@ -27,6 +27,8 @@ class DraftModelSpeculator:
         self._ids: list[int] = []  # target ids whose bridged form is in the draft cache
         self._draft_len: list[int] = [0]
         self._synced = 0
+        self._fed = 0  # tokens the last sync fed
+        self._scratch: np.ndarray | None = None
 
     def _sync(self, context: np.ndarray) -> np.ndarray:
         """Bring the cache to `context`; returns draft logits [V] after it (None if nothing fed)."""
@@ -41,6 +43,7 @@ class DraftModelSpeculator:
             del self._draft_len[common + 1:]
         self._synced = len(context)
         new = [int(t) for t in context[common:]]
+        self._fed = len(new)
         if not new:
             return None
         draft_ids = []
@@ -49,29 +52,51 @@ class DraftModelSpeculator:
             draft_ids.extend(bridged)
             self._draft_len.append(self._draft_len[-1] + len(bridged))
         self._ids.extend(new)
-        return self.decoder.prefill(draft_ids) if len(draft_ids) > 1 else self.decoder.append(draft_ids)[-1]
+        if len(draft_ids) > 1:
+            return self.decoder.prefill(draft_ids)
+        return self.decoder.append(draft_ids, copy=False)[-1]
 
-    def propose(self, context: np.ndarray, k: int, sampler=None) -> Proposal:
+    def propose(self, context: np.ndarray, k: int, sampler=None, stopper=None) -> Proposal:
+        """Up to k proposals. `stopper` (specops.engine.adaptive.DraftStopper) may end the
+        proposal early: it sees the draft's confidence in each token as it is drafted."""
         if k <= 0:
             return Proposal.empty(self.name)
         room = self.decoder.capacity - self.decoder.length - len(context) + len(self._ids)
         k = min(k, max(room - 2, 0))
         logits = self._sync(context)
+        fed = self._fed
         if logits is None or k <= 0:  # nothing new to condition on (cannot happen in the engine)
             return Proposal.empty(self.name)
-        ids, qs = [], []
-        for step in range(k):
+        ids, qs, confs, passes = [], [], [], 1
+        while True:
             logits = logits[: self.bridge.shared]
             if sampler is None:  # greedy: propose the draft's argmax
                 tok = int(np.argmax(logits))
+                conf = self._top_probability(logits, tok)
             else:  # sampling: draw from q, which verification needs too
                 q = sampler.probs(logits[None])[0]
                 tok = sampler.draw(q)
-                qs.append(q)
+                conf = float(q.max())
+            if stopper is not None and not stopper.include(conf):
+                break
             ids.append(tok)
-            if step < k - 1:  # the last proposal is never fed: the target verifies it
-                logits = self.decoder.append([tok])[-1]
-                self._ids.append(tok)
-                self._draft_len.append(self._draft_len[-1] + 1)
+            confs.append(conf)
+            if sampler is not None:
+                qs.append(q)
+            if len(ids) == k or (stopper is not None and not stopper.more()):
+                break  # the last proposal is never fed: the target verifies it
+            logits = self.decoder.append([tok], copy=False)[-1]
+            passes += 1
+            self._ids.append(tok)
+            self._draft_len.append(self._draft_len[-1] + 1)
         q_full = self.bridge.probs_to_target(np.stack(qs)) if qs else None
-        return Proposal(np.asarray(ids, dtype=np.int64), q_full, self.name, draft_passes=k)
+        return Proposal(np.asarray(ids, dtype=np.int64), q_full, self.name, draft_passes=passes,
+                        confidence=np.asarray(confs), catchup=max(fed - 2, 0))
+
+    def _top_probability(self, logits: np.ndarray, top: int) -> float:
+        """softmax(logits)[top] for the argmax `top`, without allocating."""
+        if self._scratch is None or len(self._scratch) != len(logits):
+            self._scratch = np.empty(len(logits), np.float32)
+        np.subtract(logits, logits[top], out=self._scratch)
+        np.exp(self._scratch, out=self._scratch)
+        return float(1.0 / self._scratch.sum())

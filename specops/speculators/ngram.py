@@ -30,14 +30,18 @@ class NgramIndex:
 
     def lookup(self, k: int) -> list[int]:
         """Up to k tokens that followed the latest earlier occurrence of the longest suffix."""
+        return self.match(k)[0]
+
+    def match(self, k: int) -> tuple[list[int], int]:
+        """(lookup(k), n): the proposal and the length of the suffix it matched (0: none)."""
         if k <= 0:
-            return []
+            return [], 0
         L = len(self.tokens)
         for n in range(min(self.max_n, L), self.min_n - 1, -1):
             end = self._last[n].get(tuple(self.tokens[L - n:]))
             if end is not None:
-                return self.tokens[end:end + k]
-        return []
+                return self.tokens[end:end + k], n
+        return [], 0
 
 
 def brute_force_lookup(tokens: list[int], k: int, min_n: int, max_n: int) -> list[int]:
@@ -67,4 +71,5 @@ class NgramSpeculator:
             self.reset()  # a different context: start over
             known = 0
         self.index.extend(context[known:].tolist())
-        return Proposal(np.asarray(self.index.lookup(k), dtype=np.int64), None, self.name)
+        ids, n = self.index.match(k)
+        return Proposal(np.asarray(ids, dtype=np.int64), None, self.name, match=n)
