@@ -59,3 +59,20 @@ def test_ngram_proposals_carry_the_matched_suffix_length():
     short = spec.propose(np.array([1, 2, 3, 4, 2], dtype=np.int64), 2)
     assert short.ids.tolist() == [3, 4] and short.key == "ngram1"
     assert Proposal.empty("draft").key == "draft"
+
+
+def test_a_draft_judged_on_a_slow_stretch_is_retried():
+    """Draft rounds that once ran slowly (a busy machine) must not lock the draft out: declined
+    rounds observe nothing, so its cost estimates relax back until it is chosen again."""
+    cost = CostModel(verify_s=list(VERIFY), draft_s=0.1, verify_after_draft_s=list(VERIFY))
+    cost.observe_round("draft", 4, 3)
+    assert cost.best_k("draft", 4)[0] > 0
+    for _ in range(200):
+        cost.observe_verify(3, 10.0, after_draft=True)  # ten times the usual cost
+        cost.observe_draft(2, 2.0)
+    assert cost.best_k("draft", 4)[0] == 0
+    rounds = 0
+    while cost.best_k("draft", 4)[0] == 0:
+        cost.drift()
+        rounds += 1
+        assert rounds < 1000, "the draft is never retried"

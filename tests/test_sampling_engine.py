@@ -57,3 +57,27 @@ def test_the_check_detects_a_different_distribution(engine, reference):
         p = SamplingParams(max_new_tokens=3, temperature=1.0, top_k=2, seed=20_000 + i, speculator="none")
         skewed[tuple(engine.generate(ids, p).token_ids)] += 1
     assert homogeneity_pvalue(reference, skewed) < ALPHA
+
+
+def test_sampling_with_confidence_cut_draft_proposals_matches_target_sampling(engine, reference):
+    """Adaptive k with the draft: the DraftStopper ends each proposal where the draft's top
+    probability makes one more token not worth its verify cost. The cut depends on the draft's
+    distribution only (never on the token drawn from it), so the output distribution must stay
+    the target's. A cost model where a verify pass grows steeply with its length and the draft
+    is free makes the cut fall at different places (checked below)."""
+    from specops.engine.adaptive import CostModel
+    from specops.engine.llm_engine import Engine
+
+    cost = CostModel(verify_s=[1.0, 1.3, 1.7], draft_s=1e-3, verify_after_draft_s=[1.0, 1.3, 1.7])
+    cost.observe_round("draft", 2, 2)
+    adaptive = Engine(engine.target, engine.tokenizer, engine.draft, cost_model=cost)
+    ids = engine.tokenizer.encode(PROMPT)
+    got, lengths = Counter(), Counter()
+    for i in range(N):
+        params = SamplingParams(max_new_tokens=3, temperature=1.0, top_k=3, seed=30_000 + i,
+                                speculator="draft", k_draft=2)
+        res = adaptive.generate(ids, params)
+        got[tuple(res.token_ids)] += 1
+        lengths[res.stats.proposed] += 1
+    assert len(lengths) > 1, lengths  # proposals of different lengths were made
+    assert homogeneity_pvalue(reference, got) > ALPHA

@@ -52,6 +52,9 @@ class CostModel:
     # (greedy?, decile of the draft's top probability) -> acceptance of such a proposal
     calibration: dict[tuple[bool, int], Ema] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._draft_start = self.draft_s
+
     def _ema(self, key: str) -> Ema:
         if key not in self.acceptance:
             self.acceptance[key] = Ema(PRIOR)
@@ -91,11 +94,17 @@ class CostModel:
         self.drift(but=key)
 
     def drift(self, but: str = "") -> None:
-        """Unused estimates drift back to the prior, so that a class judged poor is retried
-        (called for every round: one that proposes nothing observes no acceptance)."""
+        """Unused estimates drift back to where they started, so that a choice judged poor on
+        a bad stretch (a slow machine, a run of rejections) is retried: acceptance to the prior,
+        a draft round's costs to those of a plain one and of the start-up timing. Called for
+        rounds that observe nothing about the other choices."""
         for name, other in self.acceptance.items():
             if name != but:
                 other.value += DRIFT * (PRIOR - other.value)
+        if but != "draft":
+            self.scale[True].value += DRIFT * (self.scale[False].value - self.scale[True].value)
+            if self.draft_s is not None:
+                self.draft_s += DRIFT * (self._draft_start - self.draft_s)
 
     def observe_verify(self, n: int, seconds: float, after_draft: bool = False) -> None:
         table = self._table(after_draft)
