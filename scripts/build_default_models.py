@@ -55,6 +55,8 @@ def main() -> int:
         "manifest": lambda: report.stage_manifest(args.out, log),
     }
     first, last = STAGES.index(args.from_stage), STAGES.index(args.until_stage)
+    report_file = args.out / "build_report.json"
+    earlier = json.loads(report_file.read_text()).get("build_seconds", {}).get("stages", {}) if report_file.exists() else {}
     seconds = {}
     for name in STAGES[first:last + 1]:
         t0 = time.time()
@@ -63,10 +65,14 @@ def main() -> int:
         log(f"stage {name} done in {seconds[name]:.1f}s")
     wall = round(time.time() - start, 1)
     log(f"build finished: wall time {wall:.1f}s")
-    report_file = args.out / "build_report.json"
     if "report" in seconds and report_file.exists():  # the report records how long its build took
         report_data = json.loads(report_file.read_text())
-        report_data["build_seconds"] = {"stages": seconds, "wall": wall, "smoke": args.smoke}
+        build = {"stages": seconds, "wall": wall, "smoke": args.smoke}
+        if first > 0:  # resumed: the earlier stages' times are those of the build that ran them
+            stages = {**{n: earlier[n] for n in STAGES[:first] if n in earlier}, **seconds}
+            build = {"stages": stages, "wall": round(sum(stages.values()), 1), "wall_is_sum_of_stages": True,
+                     "resumed_from": args.from_stage, "smoke": args.smoke}
+        report_data["build_seconds"] = build
         report_file.write_text(json.dumps(report_data, indent=1) + "\n")
     return 0
 

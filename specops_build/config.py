@@ -39,13 +39,17 @@ class BuildPlan:
     target_batch: int = 8
     target_lr: float = 2e-3
     copy_examples: int = 2000  # repeated snippets in the target's data (about 10% of its tokens)
-    draft_pretrain_steps: int = 200
-    draft_distill_steps: int = 400
+    # The draft learns only from the target's own greedy continuations (sequence-level
+    # distillation): 4096 continuations of 64 tokens and no corpus pre-training gave per-token
+    # acceptance 0.83 (free prompts, k 4) against 0.72 for 2048 x 96 with 200 corpus steps first,
+    # in about the same build time.
+    draft_pretrain_steps: int = 0
+    draft_distill_steps: int = 600
     draft_batch: int = 16
     draft_lr: float = 3e-3
-    distill_prompts: int = 2048
+    distill_prompts: int = 4096
     distill_prompt_len: int = 32
-    distill_new_tokens: int = 96
+    distill_new_tokens: int = 64
     distill_batch: int = 256
 
 

@@ -3,8 +3,11 @@
 Tolerances (absolute, on logits), measured on the embedded pair: multi-token appends equal the
 prefill to 1e-4 (exactly, in practice). A 1-token append of the int4 target runs MatMulNBits'
 one-row kernel instead of its GEMM kernel and differs by up to 0.037, hence ATOL_ONE_ROW 0.06;
-the draft's 1-token appends are exact. For scale, the cache bugs these tests guard against
-move logits further: one token missing from the cache 0.21, one wrong token 4.0."""
+the draft's 1-token appends are exact. After a rewind the draft's concat cache keeps masked
+holes, which change the order of the attention sums; the int8 activation quantization of the
+next MatMulNBits (accuracy level 4) can then round a value the other way: up to 0.0053 measured,
+hence ATOL_HOLES 0.02. For scale, the cache bugs these tests guard against move logits further:
+one token missing from the cache 0.21, one wrong token 4.0."""
 import numpy as np
 import pytest
 
@@ -13,6 +16,12 @@ from specops.runtime.model_folder import read_model_folder
 
 ATOL = 1e-4
 ATOL_ONE_ROW = 0.06
+ATOL_HOLES = 0.02
+
+
+def holes_atol(decoder: Decoder) -> float:
+    """The shared-buffer layout (target) rewinds without holes; the concat layout keeps them."""
+    return ATOL if decoder.shared else ATOL_HOLES
 
 
 @pytest.fixture(scope="module", params=["target", "draft"])
@@ -47,7 +56,7 @@ def test_rewind_then_reappend(decoder):
     for cut in (40, 33, 46, 10):
         decoder.rewind(cut)
         assert decoder.length == cut
-        np.testing.assert_allclose(decoder.append(IDS[cut:]), full[cut:], atol=ATOL)
+        np.testing.assert_allclose(decoder.append(IDS[cut:]), full[cut:], atol=holes_atol(decoder))
 
 
 def test_many_rejections_then_compaction(decoder):
@@ -59,7 +68,7 @@ def test_many_rejections_then_compaction(decoder):
     for _ in range(20):
         decoder.append(junk)
         decoder.rewind(30)
-    np.testing.assert_allclose(decoder.append(IDS[30:]), full[30:], atol=ATOL)
+    np.testing.assert_allclose(decoder.append(IDS[30:]), full[30:], atol=holes_atol(decoder))
 
 
 def test_chunked_prefill_equals_one_pass(decoder):
@@ -84,7 +93,7 @@ def test_uncopied_logits_equal_copied_ones_until_the_next_pass(decoder):
     copied = decoder.append(IDS[10:13])
     decoder.rewind(10)
     view = decoder.append(IDS[10:13], copy=False)
-    np.testing.assert_allclose(view, copied, atol=ATOL)  # (the draft masks a hole: not bit-equal)
+    np.testing.assert_allclose(view, copied, atol=holes_atol(decoder))
     decoder.rewind(10)
     decoder.append(IDS[20:23], copy=False)  # the same buffer, overwritten
-    assert not np.allclose(view, copied, atol=ATOL)
+    assert not np.allclose(view, copied, atol=holes_atol(decoder))
