@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from specops.engine.adaptive import PRIOR, CostModel, expected_tokens
+from specops.engine.adaptive import EXPLORE_EVERY, CostModel, expected_tokens
 from specops.speculators.base import Proposal
 from specops.speculators.ngram import NgramSpeculator
 
@@ -39,16 +39,20 @@ def test_draft_cost_shortens_proposals():
     assert dear < cheap
 
 
-def test_classes_are_tracked_apart_and_unused_ones_drift_back():
+def test_classes_are_tracked_apart_and_a_declined_one_is_retried():
     cost = CostModel(verify_s=list(VERIFY), draft_s=0.1)
     for _ in range(50):
         cost.observe_round("ngram4", 4, 4)
         cost.observe_round("ngram1", 4, 0)
-    assert cost.acceptance["ngram4"].value > 0.9 > 0.1 > cost.acceptance["ngram1"].value
-    low = cost.acceptance["ngram1"].value
-    for _ in range(100):
-        cost.drift()
-    assert low < cost.acceptance["ngram1"].value < PRIOR
+    assert cost.estimate("ngram4") > 0.9 > 0.1 > cost.estimate("ngram1")
+    assert cost.best_k("ngram1", 4)[0] == 0
+    for _ in range(EXPLORE_EVERY - 1):
+        cost.chose("", ["ngram1", "draft"])
+    assert not cost.due("ngram1")
+    cost.chose("", ["ngram1", "draft"])
+    assert cost.due("ngram1") and cost.due("draft")
+    cost.chose("ngram1", ["ngram1", "draft"])
+    assert not cost.due("ngram1") and cost.due("draft")
 
 
 def test_ngram_proposals_carry_the_matched_suffix_length():
@@ -62,8 +66,8 @@ def test_ngram_proposals_carry_the_matched_suffix_length():
 
 
 def test_a_draft_judged_on_a_slow_stretch_is_retried():
-    """Draft rounds that once ran slowly (a busy machine) must not lock the draft out: declined
-    rounds observe nothing, so its cost estimates relax back until it is chosen again."""
+    """Draft rounds that once ran slowly (a busy machine) must not lock the draft out: rounds
+    without it let its cost estimates relax back until it is chosen again."""
     cost = CostModel(verify_s=list(VERIFY), draft_s=0.1, verify_after_draft_s=list(VERIFY))
     cost.observe_round("draft", 4, 3)
     assert cost.best_k("draft", 4)[0] > 0
@@ -73,6 +77,21 @@ def test_a_draft_judged_on_a_slow_stretch_is_retried():
     assert cost.best_k("draft", 4)[0] == 0
     rounds = 0
     while cost.best_k("draft", 4)[0] == 0:
-        cost.drift()
+        cost.chose("", ["draft"])
         rounds += 1
         assert rounds < 1000, "the draft is never retried"
+
+
+def test_the_engine_explores_a_draft_its_prior_rules_out(engine):
+    """From the prior (a = 0.5) a draft round looks too dear when a verify pass is dear, so the
+    draft would never be tried and its acceptance never learnt; exploration tries it."""
+    from specops.engine.llm_engine import Engine
+    from specops.engine.sampling_params import SamplingParams
+
+    steep = [1.0, 1.6, 2.2, 2.8, 3.4]
+    cost = CostModel(verify_s=list(steep), draft_s=0.3, verify_after_draft_s=list(steep))
+    assert cost.best_k("draft", 4)[0] == 0
+    fresh = Engine(engine.target, engine.tokenizer, engine.draft, cost_model=cost)
+    res = fresh.generate(engine.tokenizer.encode("def read_config(path):\n"),
+                         SamplingParams(max_new_tokens=64, speculator="draft"))
+    assert res.stats.draft_passes > 0 and "draft" in cost.acceptance

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PRIOR = 0.5  # acceptance assumed before any evidence, and drifted back to when unused
-DRIFT = 0.01
+PRIOR = 0.5  # acceptance assumed before any evidence
+DRIFT = 0.01  # per round, how far an unused cost estimate relaxes back
+EXPLORE_EVERY = 16  # a choice declined this many rounds in a row is tried once (one token)
 
 
 def expected_tokens(a: float, k: int) -> float:
@@ -51,6 +52,7 @@ class CostModel:
     scale: dict[bool, Ema] = field(default_factory=lambda: {False: Ema(1.0, 0.05), True: Ema(1.0, 0.05)})
     # (greedy?, decile of the draft's top probability) -> acceptance of such a proposal
     calibration: dict[tuple[bool, int], Ema] = field(default_factory=dict)
+    declined: dict[str, int] = field(default_factory=dict)  # key -> rounds declined in a row
 
     def __post_init__(self) -> None:
         self._draft_start = self.draft_s
@@ -91,20 +93,26 @@ class CostModel:
             return
         trials = accepted + (1 if accepted < proposed else 0)
         self._ema(key).update(accepted / trials)
-        self.drift(but=key)
 
-    def drift(self, but: str = "") -> None:
-        """Unused estimates drift back to where they started, so that a choice judged poor on
-        a bad stretch (a slow machine, a run of rejections) is retried: acceptance to the prior,
-        a draft round's costs to those of a plain one and of the start-up timing. Called for
-        rounds that observe nothing about the other choices."""
-        for name, other in self.acceptance.items():
-            if name != but:
-                other.value += DRIFT * (PRIOR - other.value)
-        if but != "draft":
-            self.scale[True].value += DRIFT * (self.scale[False].value - self.scale[True].value)
-            if self.draft_s is not None:
-                self.draft_s += DRIFT * (self._draft_start - self.draft_s)
+    def due(self, key: str) -> bool:
+        """Has `key` been declined EXPLORE_EVERY rounds in a row? An estimate only moves when
+        its choice is made, so a choice judged poor (from the prior, or on a bad stretch) would
+        otherwise never be judged again."""
+        return self.declined.get(key, 0) >= EXPLORE_EVERY
+
+    def chose(self, key: str, considered: list[str]) -> None:
+        """Count the round for every choice considered but not made (`key` "" = a plain step)."""
+        for other in considered:
+            self.declined[other] = 0 if other == key else self.declined.get(other, 0) + 1
+        if key != "draft":
+            self.drift()
+
+    def drift(self) -> None:
+        """A round without the draft: its cost estimates relax back towards a plain round's and
+        the start-up timing, so that one slow stretch does not keep the draft out for long."""
+        self.scale[True].value += DRIFT * (self.scale[False].value - self.scale[True].value)
+        if self.draft_s is not None:
+            self.draft_s += DRIFT * (self._draft_start - self.draft_s)
 
     def observe_verify(self, n: int, seconds: float, after_draft: bool = False) -> None:
         table = self._table(after_draft)

@@ -147,9 +147,11 @@ class Engine:
         if use_draft:
             options.append(("draft", *self.cost.best_k("draft", k_max)))
         key, k, _ = max(options, key=lambda o: o[2])
+        due = [o for o in options[1:] if o[0] != key and self.cost.due(o[0])]
+        if due:  # explore: a choice declined for long is tried with at least one token
+            key, k = due[0][0], max(due[0][1], 1)
+        self.cost.chose(key if k else "", [o[0] for o in options[1:]])
         if k == 0:
-            if len(options) > 1:
-                self.cost.drift()  # declined: no evidence this round, so estimates relax
             return Proposal.empty()
         if key == "draft":  # the stopper sets the length, token by token, up to k_max
             return self.draft.propose(context, k_max, sampler, DraftStopper(self.cost, k_max, sampler is None))
