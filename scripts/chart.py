@@ -30,13 +30,13 @@ def draw(report: dict, path: Path) -> None:
                 if rows[n].get("bound"):
                     ax.plot(i, base * rows[n]["bound"], "r_", ms=30, mew=2,
                             label="cost-model bound" if n == "ngram" or "bound" not in rows.get("ngram", {}) else None)
-        ax.set_xticks(list(x), names)
+        ax.set_xticks(list(x), names, rotation=25, fontsize=8)
         ax.set_title(f"{set_name}: tokens/s (median)")
         ax.legend(fontsize=7)
         ax = axes[1][col]
         ax.bar(x, [rows[n]["tpj"] for n in names], color="#55a868")
         ax.axhline(1.0, ls="--", color="grey", label="target-only TPJ = 1")
-        ax.set_xticks(list(x), names)
+        ax.set_xticks(list(x), names, rotation=25, fontsize=8)
         ax.set_title(f"{set_name}: tokens per jump")
         ax.legend(fontsize=7)
     fig.suptitle(f"SpecOps on {report.get('cores', '?')} CPU cores, k <= {report.get('k')}, "
