@@ -117,7 +117,7 @@ def main() -> int:
     for name, prompts in sets.items():
         results = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress)
         report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k, startup),
-                                # the costs the bounds used: the engine's online estimates by now
+                                # the engine's online estimates by now (what bound_online used)
                                 "bound_costs": cost_figures(engine, args.k)}
         if "none" in results:
             report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
