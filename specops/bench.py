@@ -47,6 +47,12 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def parse_speculator(name: str) -> tuple[str, bool]:
+    """'draft' -> ('draft', True); 'draft@fixed' -> ('draft', False): k fixed at k_draft."""
+    speculator, _, mode = name.partition("@")
+    return speculator, mode != "fixed"
+
+
 def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[str], repeats: int,
                     max_new_tokens: int, k: int, tick: Callable[[], None] | None = None) -> Results:
     """Each repeat runs every prompt under every speculator back to back."""
@@ -54,9 +60,9 @@ def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[
     for _ in range(repeats):
         for i, ids in enumerate(prompts):
             for s in speculators:
-                name, _, mode = s.partition("@")  # "draft@fixed": every round proposes k
-                params = SamplingParams(max_new_tokens=max_new_tokens, speculator=name, k_draft=k,
-                                        adaptive_k=mode != "fixed")
+                speculator, adaptive = parse_speculator(s)
+                params = SamplingParams(max_new_tokens=max_new_tokens, speculator=speculator, k_draft=k,
+                                        adaptive_k=adaptive)
                 out[s][i].append(engine.generate(ids, params))
                 if tick:
                     tick()
@@ -98,7 +104,7 @@ def summarize(results: Results, engine: Engine, k: int, startup: CostModel | Non
             ratios = [b.stats.total_s / r.stats.total_s * (r.stats.generated_tokens / max(b.stats.generated_tokens, 1))
                       for bs, rs in zip(base, per_prompt) for b, r in zip(bs, rs)]
             row["speedup"] = float(np.median(ratios))
-        kind = s.partition("@")[0]
+        kind = parse_speculator(s)[0]
         if kind in ("ngram", "draft"):
             a = row["per_token_acceptance"]
             row["bound_online"], _ = best_bound(a, k, engine.cost, kind == "draft")

@@ -57,6 +57,16 @@ def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: 
     return engine
 
 
+def timed_pass(decoder: Decoder, ids) -> float:
+    """Seconds of one pass over `ids` on top of the cache, which is then rewound."""
+    length = decoder.length
+    t = time.perf_counter()
+    decoder.append(ids, copy=False)
+    seconds = time.perf_counter() - t
+    decoder.rewind(length)
+    return seconds
+
+
 def measure_costs(engine: Engine, max_k: int, prefix: int = 64, repeats: int = 3, block: int = 6) -> CostModel:
     """Time target passes over n = 1..max_k+1 tokens after `prefix` tokens, alone and right after
     two draft passes (as in a draft round), and one draft pass.
@@ -74,20 +84,11 @@ def measure_costs(engine: Engine, max_k: int, prefix: int = 64, repeats: int = 3
         draft.reset()
         draft.prefill(ids[:prefix])
 
-    def timed(fn) -> float:
-        t = time.perf_counter()
-        fn()
-        return time.perf_counter() - t
-
     def verify(n: int) -> float:
-        seconds = timed(lambda: target.append(ids[prefix:prefix + n], copy=False))
-        target.rewind(prefix)
-        return seconds
+        return timed_pass(target, ids[prefix:prefix + n])
 
     def draft_pass() -> float:
-        seconds = timed(lambda: draft.append(ids[prefix:prefix + 1], copy=False))
-        draft.rewind(prefix)
-        return seconds
+        return timed_pass(draft, ids[prefix:prefix + 1])
 
     ns = range(max_k + 1, 0, -1)  # longest first
     plain, after, drafts = {n: [] for n in ns}, {n: [] for n in ns}, []

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from specops.bench import load_prompt_items, prompt_text
+from specops.loader import timed_pass
 
 GOLDEN_NEW_TOKENS = 48
 
@@ -58,11 +58,8 @@ def pass_costs(target, draft, past: int = 100, blocks: int = 40, block: int = 8)
     for _ in range(blocks):
         for name, dec in (("target", target), ("draft", draft)):
             for n in (1, 5):
-                for _ in range(block):
-                    t = time.perf_counter()
-                    dec.append(ids[past:past + n])
-                    times.setdefault(f"{name}_{n}_ms", []).append((time.perf_counter() - t) * 1000)
-                    dec.rewind(past)
+                times.setdefault(f"{name}_{n}_ms", []).extend(
+                    timed_pass(dec, ids[past:past + n]) * 1000 for _ in range(block))
     out = {k: round(float(np.median(v)), 3) for k, v in times.items()}
     out["ratio_1_token"] = round(out["target_1_ms"] / out["draft_1_ms"], 2)
     return out

@@ -66,13 +66,15 @@ class CostModel:
         """Current per-token acceptance estimate of a class of proposals."""
         return self._ema(key).value
 
-    def _table(self, after_draft: bool) -> list[float]:
-        return self.verify_after_draft_s if after_draft and self.verify_after_draft_s else self.verify_s
+    def _table(self, after_draft: bool) -> tuple[list[float], Ema]:
+        """The start-up table a pass is predicted from, and that table's online factor."""
+        after = after_draft and bool(self.verify_after_draft_s)
+        return (self.verify_after_draft_s if after else self.verify_s), self.scale[after]
 
     def verify(self, n: int, after_draft: bool = False) -> float:
         """Expected seconds of a target pass over n tokens (beyond the table: its last entry)."""
-        table = self._table(after_draft)
-        return table[min(n, len(table)) - 1] * self.scale[after_draft and bool(self.verify_after_draft_s)].value
+        table, scale = self._table(after_draft)
+        return table[min(n, len(table)) - 1] * scale.value
 
     def rate(self, key: str, k: int) -> float:
         """Expected committed tokens per second of a round proposing k tokens of class `key`
@@ -115,9 +117,9 @@ class CostModel:
             self.draft_s += DRIFT * (self._draft_start - self.draft_s)
 
     def observe_verify(self, n: int, seconds: float, after_draft: bool = False) -> None:
-        table = self._table(after_draft)
+        table, scale = self._table(after_draft)
         if n <= len(table):
-            self.scale[after_draft and bool(self.verify_after_draft_s)].update(seconds / table[n - 1])
+            scale.update(seconds / table[n - 1])
 
     def confidence_acceptance(self, confidence: float, greedy: bool) -> float:
         """Chance that a draft proposal made with this top probability is accepted (learned per

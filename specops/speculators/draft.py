@@ -27,11 +27,11 @@ class DraftModelSpeculator:
         self._ids: list[int] = []  # target ids whose bridged form is in the draft cache
         self._draft_len: list[int] = [0]
         self._synced = 0
-        self._fed = 0  # tokens the last sync fed
         self._scratch: np.ndarray | None = None
 
-    def _sync(self, context: np.ndarray) -> np.ndarray:
-        """Bring the cache to `context`; returns draft logits [V] after it (None if nothing fed)."""
+    def _sync(self, context: np.ndarray) -> tuple[np.ndarray | None, int]:
+        """Bring the cache to `context`; returns draft logits [V] after it (None if nothing fed)
+        and how many tokens it fed."""
         limit = min(len(self._ids), len(context))
         # the committed context only grows, so everything before the last sync still matches
         common = min(self._synced, limit)
@@ -43,9 +43,8 @@ class DraftModelSpeculator:
             del self._draft_len[common + 1:]
         self._synced = len(context)
         new = [int(t) for t in context[common:]]
-        self._fed = len(new)
         if not new:
-            return None
+            return None, 0
         draft_ids = []
         for t in new:
             bridged = self.bridge.to_draft([t])
@@ -53,8 +52,8 @@ class DraftModelSpeculator:
             self._draft_len.append(self._draft_len[-1] + len(bridged))
         self._ids.extend(new)
         if len(draft_ids) > 1:
-            return self.decoder.prefill(draft_ids)
-        return self.decoder.append(draft_ids, copy=False)[-1]
+            return self.decoder.prefill(draft_ids), len(new)
+        return self.decoder.append(draft_ids, copy=False)[-1], len(new)
 
     def propose(self, context: np.ndarray, k: int, sampler=None, stopper=None) -> Proposal:
         """Up to k proposals. `stopper` (specops.engine.adaptive.DraftStopper) may end the
@@ -63,8 +62,7 @@ class DraftModelSpeculator:
             return Proposal.empty(self.name)
         room = self.decoder.capacity - self.decoder.length - len(context) + len(self._ids)
         k = min(k, max(room - 2, 0))
-        logits = self._sync(context)
-        fed = self._fed
+        logits, fed = self._sync(context)
         if logits is None or k <= 0:  # nothing new to condition on (cannot happen in the engine)
             return Proposal.empty(self.name)
         ids, qs, confs, passes = [], [], [], 1
