@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specops.bench import greedy_mismatches, load_prompt_set, run_interleaved, summarize  # noqa: E402
+from specops.bench import greedy_mismatches, load_prompt_set, peer_ratios, run_interleaved, summarize  # noqa: E402
 from specops.config import Settings  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
 
@@ -42,23 +42,14 @@ def peer_runners(settings, k: int) -> tuple[dict, dict]:
     except og.PeerRefused as err:  # a draft with a different vocabulary: reported verbatim
         refused["draft"] = str(err)
     runners["draft_same_vocab"] = og.same_vocab_draft_runner(target, draft, k=k)
-    return runners, refused
+    return {name: tokens_per_second(run) for name, run in runners.items()}, refused
 
 
-def run_peers(runners: dict, prompts, repeats: int, max_new_tokens: int, tick) -> dict:
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for ids in prompts:
-            for name, run in runners.items():
-                out = run(ids, max_new_tokens)
-                rates[name].append(len(out["tokens"]) / out["seconds"])
-                tick()
-    return {name: {"tok_s": round(float(np.median(r)), 1)} for name, r in rates.items()}
-
-
-def peer_ratios(ours: dict, peers: dict) -> dict:
-    return {f"{mine}_vs_ort_genai_{theirs}": round(ours[mine]["tok_s"] / peers[theirs]["tok_s"], 3)
-            for mine, theirs in PEER_OF.items() if mine in ours and theirs in peers}
+def tokens_per_second(runner):
+    def rate(ids, max_new_tokens: int) -> float:
+        out = runner(ids, max_new_tokens)
+        return len(out["tokens"]) / out["seconds"]
+    return rate
 
 
 def cost_figures(engine, k: int) -> dict:
@@ -115,16 +106,18 @@ def main() -> int:
               # start-up calibration; each set's bound uses the online estimates in its bound_costs
               **cost_figures(engine, args.k), "sets": {}}
     for name, prompts in sets.items():
-        results = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress)
+        run = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress,
+                              peers)
+        results = run.results
         report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k, startup),
                                 # the engine's online estimates by now (what bound_online used)
                                 "bound_costs": cost_figures(engine, args.k)}
         if "none" in results:
             report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
         if peers:
-            figures = run_peers(peers, prompts, args.repeats, args.max_new_tokens, progress)
-            report["sets"][name]["peers"] = figures
-            report["sets"][name]["peer_ratios"] = peer_ratios(report["sets"][name]["speculators"], figures)
+            report["sets"][name]["peers"] = {p: {"tok_s": round(float(np.median(rates)), 1)}
+                                             for p, rates in run.peer_rates.items()}
+            report["sets"][name]["peer_ratios"] = peer_ratios(run, PEER_OF)
     if refused:
         report["peers_refused"] = refused
     line = json.dumps(report)

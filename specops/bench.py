@@ -4,6 +4,7 @@ so that machine drift cancels in the per-prompt speedup ratios; figures are medi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,19 +54,46 @@ def parse_speculator(name: str) -> tuple[str, bool]:
     return speculator, mode != "fixed"
 
 
+PeerRun = Callable[[list[int], int], float]  # (prompt ids, max_new_tokens) -> tokens per second
+
+
+@dataclass
+class Interleaved:
+    results: Results
+    peer_rates: dict[str, list[list[float]]]  # peer -> [prompt][repeat] tokens per second
+
+
 def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[str], repeats: int,
-                    max_new_tokens: int, k: int, tick: Callable[[], None] | None = None) -> Results:
-    """Each repeat runs every prompt under every speculator back to back."""
-    out: Results = {s: [[] for _ in prompts] for s in speculators}
+                    max_new_tokens: int, k: int, tick: Callable[[], None] | None = None,
+                    peers: dict[str, PeerRun] | None = None) -> Interleaved:
+    """Each repeat runs every prompt under every speculator, then every peer, back to back, so
+    that a peer's per-prompt ratio to a speculator compares runs seconds apart."""
+    peers = peers or {}
+    run = Interleaved({s: [[] for _ in prompts] for s in speculators}, {p: [[] for _ in prompts] for p in peers})
     for _ in range(repeats):
         for i, ids in enumerate(prompts):
             for s in speculators:
                 speculator, adaptive = parse_speculator(s)
                 params = SamplingParams(max_new_tokens=max_new_tokens, speculator=speculator, k_draft=k,
                                         adaptive_k=adaptive)
-                out[s][i].append(engine.generate(ids, params))
+                run.results[s][i].append(engine.generate(ids, params))
                 if tick:
                     tick()
+            for name, peer in peers.items():
+                run.peer_rates[name][i].append(peer(ids, max_new_tokens))
+                if tick:
+                    tick()
+    return run
+
+
+def peer_ratios(run: Interleaved, pairs: dict[str, str]) -> dict[str, float]:
+    """Median over (prompt, repeat) of our tokens/s over the peer's, for each (ours, peer) pair."""
+    out = {}
+    for mine, theirs in pairs.items():
+        if mine in run.results and theirs in run.peer_rates:
+            ratios = [r.stats.tokens_per_second / rate
+                      for rs, rates in zip(run.results[mine], run.peer_rates[theirs]) for r, rate in zip(rs, rates)]
+            out[f"{mine}_vs_ort_genai_{theirs}"] = round(float(np.median(ratios)), 3)
     return out
 
 
