@@ -71,7 +71,9 @@ def check(summary: dict, floors: dict, set_name: str, tpj_override: float | None
         tpj_floor = tpj_override if tpj_override is not None else f.get("tpj", floors["tpj"])
         if row["tpj"] <= tpj_floor:
             failures.append(f"{set_name}/{s}: TPJ {row['tpj']:.3f} <= floor {tpj_floor}")
-        if "speedup" in f and row["speedup"] < f["speedup"]:
+        if "speedup" in f and row["speedup"] is None:
+            failures.append(f"{set_name}/{s}: no speedup measured (target-only decoding generated nothing)")
+        elif "speedup" in f and row["speedup"] < f["speedup"]:
             failures.append(f"{set_name}/{s}: speedup {row['speedup']:.3f}x < floor {f['speedup']}x")
     return failures
 
@@ -81,7 +83,7 @@ def table(report: dict) -> str:
     for set_name, rows in report["sets"].items():
         for s, r in rows.items():
             lines.append(f"{set_name:6} {s:10} {r['tpj']:6.2f} {r['acceptance']:7.2f} {r['tok_s']:8.1f} "
-                         f"{r.get('speedup', 1.0):7.2f}x")
+                         f"{r.get('speedup', 1.0) or 0.0:7.2f}x")
     return "\n".join(lines)
 
 

@@ -87,13 +87,16 @@ def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[
 
 
 def peer_ratios(run: Interleaved, pairs: dict[str, str]) -> dict[str, float]:
-    """Median over (prompt, repeat) of our tokens/s over the peer's, for each (ours, peer) pair."""
+    """Median over (prompt, repeat) of our tokens/s over the peer's, for each (ours, peer) pair;
+    runs where either side generated nothing (an end-of-text first) have no rate and are left out."""
     out = {}
     for mine, theirs in pairs.items():
         if mine in run.results and theirs in run.peer_rates:
             ratios = [r.stats.tokens_per_second / rate
-                      for rs, rates in zip(run.results[mine], run.peer_rates[theirs]) for r, rate in zip(rs, rates)]
-            out[f"{mine}_vs_ort_genai_{theirs}"] = round(float(np.median(ratios)), 3)
+                      for rs, rates in zip(run.results[mine], run.peer_rates[theirs]) for r, rate in zip(rs, rates)
+                      if rate > 0 and r.stats.tokens_per_second > 0]
+            if ratios:
+                out[f"{mine}_vs_ort_genai_{theirs}"] = round(float(np.median(ratios)), 3)
     return out
 
 
@@ -111,6 +114,8 @@ def best_bound(a: float, k_max: int, cost: CostModel, draft: bool) -> tuple[floa
 
 def summarize(results: Results, engine: Engine, k: int, startup: CostModel | None = None) -> dict[str, dict]:
     """Medians per speculator; speedup = median over (prompt, repeat) of time(none) / time(s).
+    Prompts where target-only decoding ends at once (end-of-text first) have no rate and are
+    left out of both (they gave every speculator a speedup of 0).
 
     Each single speculator gets the cost-model bound at its measured per-token acceptance and the
     best k: `bound` with the pass costs timed alone at start-up (`startup`, the strict one),
@@ -123,21 +128,21 @@ def summarize(results: Results, engine: Engine, k: int, startup: CostModel | Non
         accepted = sum(r.stats.accepted for r in flat)
         trials = accepted + sum(r.stats.rejections for r in flat)
         row = {
-            "tok_s": float(np.median([r.stats.tokens_per_second for r in flat])),
+            "tok_s": float(np.median([r.stats.tokens_per_second for r in flat if r.stats.generated_tokens] or [0.0])),
             "tpj": sum(r.stats.decode_tokens for r in flat) / max(sum(r.stats.target_passes for r in flat), 1),
             "acceptance": accepted / max(sum(r.stats.proposed for r in flat), 1),
             "per_token_acceptance": accepted / trials if trials else 0.0,
         }
         if base is not None:
             ratios = [b.stats.total_s / r.stats.total_s * (r.stats.generated_tokens / max(b.stats.generated_tokens, 1))
-                      for bs, rs in zip(base, per_prompt) for b, r in zip(bs, rs)]
-            row["speedup"] = float(np.median(ratios))
+                      for bs, rs in zip(base, per_prompt) for b, r in zip(bs, rs) if b.stats.generated_tokens]
+            row["speedup"] = float(np.median(ratios)) if ratios else None
         kind = parse_speculator(s)[0]
         if kind in ("ngram", "draft"):
             a = row["per_token_acceptance"]
             row["bound_online"], _ = best_bound(a, k, engine.cost, kind == "draft")
             row["bound"], row["bound_k"] = best_bound(a, k, startup or engine.cost, kind == "draft")
-            row["of_bound"] = row["speedup"] / row["bound"] if base is not None and row["bound"] else None
+            row["of_bound"] = row["speedup"] / row["bound"] if row.get("speedup") and row["bound"] else None
         out[s] = {key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()}
     return out
 
