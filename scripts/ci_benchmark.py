@@ -104,7 +104,8 @@ def main() -> int:
     report, failures = {"sets": {}}, []
     for set_name in cfg["sets"]:
         prompts = load_prompt_set(set_name, engine.tokenizer)[:cfg["prompts"]]
-        results = run_interleaved(engine, prompts, cfg["speculators"], cfg["repeats"], cfg["max_new_tokens"], cfg["k"]).results
+        results = run_interleaved(engine, prompts, cfg["speculators"], cfg["repeats"], cfg["max_new_tokens"],
+                                  cfg["k"]).results
         summary = summarize(results, engine, cfg["k"])
         report["sets"][set_name] = summary
         failures += check(summary, floors, set_name, args.tpj_floor) + exactness_failures(engine, prompts, results)
