@@ -42,14 +42,7 @@ def peer_runners(settings, k: int) -> tuple[dict, dict]:
     except og.PeerRefused as err:  # a draft with a different vocabulary: reported verbatim
         refused["draft"] = str(err)
     runners["draft_same_vocab"] = og.same_vocab_draft_runner(target, draft, k=k)
-    return {name: tokens_per_second(run) for name, run in runners.items()}, refused
-
-
-def tokens_per_second(runner):
-    def rate(ids, max_new_tokens: int) -> float:
-        out = runner(ids, max_new_tokens)
-        return len(out["tokens"]) / out["seconds"]
-    return rate
+    return {name: run.tokens_per_second for name, run in runners.items()}, refused
 
 
 def cost_figures(engine, k: int) -> dict:

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specops.bench import load_prompt_set  # noqa: E402
+from specops.bench import load_prompt_set, peer_ratios, run_interleaved  # noqa: E402
 from specops.config import Settings  # noqa: E402
-from specops.engine.sampling_params import SamplingParams  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -38,28 +36,17 @@ def main() -> int:
     engine = load_engine(settings, calibrate=False)
     prompts = load_prompt_set("free", engine.tokenizer)[:args.prompts]
     og_run = greedy_runner(Path(settings.target_model), threads=settings.intra_op_threads)
-
-    def theirs(ids, max_new):
-        return len(og_run(ids, max_new)["tokens"])
-
-    def ours(ids, max_new):
-        return engine.generate(ids, SamplingParams(max_new_tokens=max_new, speculator="none")).stats.generated_tokens
-
-    rates: dict[str, list[float]] = {"specops": [], "onnxruntime_genai": []}
-    for _ in range(args.repeats):
-        for ids in prompts:
-            for name, fn in (("specops", ours), ("onnxruntime_genai", theirs)):
-                t = time.perf_counter()
-                n = fn(ids, args.max_new_tokens)
-                rates[name].append(n / (time.perf_counter() - t))
-    # per-prompt ratios from the same interleaved repeats, so machine drift cancels
-    ratios = np.array(rates["specops"]) / np.array(rates["onnxruntime_genai"])
+    # interleaved: each prompt and repeat runs ours, then theirs; ratios per run pair, so drift cancels
+    run = run_interleaved(engine, prompts, ["none"], args.repeats, args.max_new_tokens, k=0,
+                          peers={"onnxruntime_genai": og_run.tokens_per_second})
+    ours = [r.stats.tokens_per_second for runs in run.results["none"] for r in runs]
+    theirs = [rate for rates in run.peer_rates["onnxruntime_genai"] for rate in rates]
     print(json.dumps({
         "bench": "runner_vs_onnxruntime_genai", "cores": os.cpu_count(), "prompts": len(prompts),
         "repeats": args.repeats, "max_new_tokens": args.max_new_tokens,
-        "specops_tok_s_median": round(float(np.median(rates["specops"])), 1),
-        "onnxruntime_genai_tok_s_median": round(float(np.median(rates["onnxruntime_genai"])), 1),
-        "ratio_median": round(float(np.median(ratios)), 3),
+        "specops_tok_s_median": round(float(np.median(ours)), 1),
+        "onnxruntime_genai_tok_s_median": round(float(np.median(theirs)), 1),
+        "ratio_median": peer_ratios(run, {"none": "onnxruntime_genai"})["none_vs_ort_genai_onnxruntime_genai"],
     }))
     return 0
 

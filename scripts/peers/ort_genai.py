@@ -180,6 +180,11 @@ class Runner:
 
     run = __call__
 
+    def tokens_per_second(self, prompt_ids, max_new_tokens: int) -> float:
+        """One run's generated tokens over its seconds (prefill included), as our engine counts."""
+        out = self(prompt_ids, max_new_tokens)
+        return len(out["tokens"]) / out["seconds"]
+
     def close(self) -> None:
         self.model = self.tokenizer = None
         if self._cleanup is not None:
