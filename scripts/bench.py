@@ -1,9 +1,16 @@
 #!/usr/bin/env python
-"""Speculators vs target-only decoding on the committed prompt sets (copy-heavy and free),
-in one run, interleaved, medians; with the cost-model bound. Prints one JSON line; --json
-writes it to a file, --chart draws tok/s and TPJ per speculator (needs matplotlib). Not a test.
+"""Speculators vs target-only decoding on the committed prompt sets, in one run, interleaved,
+medians; with the cost-model bound, and optionally the peers on the same weights and prompts.
+Prints one JSON line; --json writes it to a file, --chart draws tok/s and TPJ per speculator
+(needs matplotlib). Not a test.
 
-    python scripts/bench.py [--repeats 3] [--max-new-tokens 96] [--k 4] [--json out.json] [--chart out.png]
+    python scripts/bench.py [--sets copy_real,chat_real] [--repeats 3] [--max-new-tokens 96] [--k 4]
+        [--peers ort_genai,llama_cpp,openvino] [--json out.json] [--chart out.png]
+
+Peers: onnxruntime-genai's greedy and n-gram modes on our ONNX folder (and its draft mode where it
+accepts the pair; the `prepare` extra has it); llama.cpp (llama-cpp-python) on the GGUF itself and
+OpenVINO GenAI on the model converted by optimum-intel, greedy and prompt lookup, each in its own
+virtualenv made by scripts/peers/setup_peers.sh, driven over a pipe (scripts/peers/subprocess_peer.py).
 """
 from __future__ import annotations
 
@@ -22,27 +29,44 @@ sys.path.insert(0, str(ROOT))
 
 from specops.bench import greedy_mismatches, load_prompt_set, peer_ratios, run_interleaved, summarize  # noqa: E402
 from specops.config import Settings  # noqa: E402
-from specops.loader import load_engine  # noqa: E402
+from specops.loader import load_engine, local_paths  # noqa: E402
 
 SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
-# our speculator <-> onnxruntime-genai mode it is compared with
-PEER_OF = {"none": "greedy", "ngram": "ngram", "draft": "draft_same_vocab"}
+# our speculator <-> the peer modes it is compared with
+PEER_OF = {"none": ["ort_genai_greedy", "llama_cpp_greedy", "openvino_greedy"],
+           "ngram": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup"],
+           "auto": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup"],
+           "draft": ["ort_genai_draft", "ort_genai_draft_same_vocab"]}
 
 
-def peer_runners(settings, k: int) -> tuple[dict, dict]:
+def ort_genai_peers(paths, k: int) -> tuple[dict, dict]:
     """onnxruntime-genai's greedy, n-gram and draft modes on the same folders (scripts/peers)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     from peers import ort_genai as og
 
-    target, draft = Path(settings.target_model), Path(settings.draft_model)
-    runners = {"greedy": og.greedy_runner(target), "ngram": og.ngram_runner(target, k=k)}
+    runners = {"ort_genai_greedy": og.greedy_runner(paths.target), "ort_genai_ngram": og.ngram_runner(paths.target, k=k)}
     refused: dict[str, str] = {}
-    try:
-        runners["draft"] = og.draft_runner(target, draft, k=k)
-    except og.PeerRefused as err:  # a draft with a different vocabulary: reported verbatim
-        refused["draft"] = str(err)
-    runners["draft_same_vocab"] = og.same_vocab_draft_runner(target, draft, k=k)
+    if paths.draft is not None:
+        try:
+            runners["ort_genai_draft"] = og.draft_runner(paths.target, paths.draft, k=k)
+        except og.PeerRefused as err:  # a draft with a different vocabulary: reported verbatim
+            refused["ort_genai_draft"] = str(err)
     return {name: run.tokens_per_second for name, run in runners.items()}, refused
+
+
+def subprocess_peers(which: list[str], k: int) -> dict:
+    """llama.cpp and OpenVINO GenAI, greedy and prompt lookup, each in its own virtualenv."""
+    from peers.subprocess_peer import llama_cpp_peer, openvino_peer
+
+    make = {"llama_cpp": llama_cpp_peer, "openvino": openvino_peer}
+    return {f"{name}_{mode}": make[name](mode, k=k).tokens_per_second
+            for name in which for mode in ("greedy", "lookup")}
+
+
+def peer_runners(paths, which: list[str], k: int) -> tuple[dict, dict]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    peers, refused = ort_genai_peers(paths, k) if "ort_genai" in which else ({}, {})
+    peers.update(subprocess_peers([w for w in which if w != "ort_genai"], k))
+    return peers, refused
 
 
 def cost_figures(engine, k: int) -> dict:
@@ -73,7 +97,7 @@ class Progress:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default="copy,free")
+    parser.add_argument("--sets", default="copy_real,chat_real")
     parser.add_argument("--speculators", default=",".join(SPECULATORS),
                         help="comma-separated; NAME@fixed proposes k every round instead of adapting k")
     parser.add_argument("--repeats", type=int, default=3)
@@ -82,13 +106,14 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts of each set")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--chart", type=Path)
-    parser.add_argument("--peers", action="store_true", help="also run onnxruntime-genai's modes (build extra)")
+    parser.add_argument("--peers", default="", help="comma-separated: ort_genai, llama_cpp, openvino")
     args = parser.parse_args()
 
     settings = Settings()
-    engine = load_engine(settings)
+    paths = local_paths(settings)
+    engine = load_engine(settings, paths)
     startup = copy.deepcopy(engine.cost)  # pass costs timed alone, before the online estimates move
-    peers, refused = peer_runners(settings, args.k) if args.peers else ({}, {})
+    peers, refused = peer_runners(paths, args.peers.split(","), args.k) if args.peers else ({}, {})
     speculators = args.speculators.split(",")
     sets = {name: load_prompt_set(name, engine.tokenizer) for name in args.sets.split(",")}
     if args.limit:

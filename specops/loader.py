@@ -10,6 +10,7 @@ import numpy as np
 from .config import Settings
 from .engine.adaptive import CostModel
 from .engine.llm_engine import Engine
+from .prepare import CATALOG, resolve_prepared
 from .runtime.decoder import Decoder, SessionConfig
 from .runtime.model_folder import read_model_folder
 from .runtime.tokenizer import TextTokenizer
@@ -28,10 +29,15 @@ class ModelPaths:
     draft_tokenizer: Path | None
 
 
+def local_folder(source: str, settings: Settings) -> Path:
+    """A prepared model's name -> its folder; anything else is taken as a path."""
+    return resolve_prepared(source, settings.model_cache_dir) if source in CATALOG else Path(source)
+
+
 def local_paths(settings: Settings) -> ModelPaths:
     """Settings naming local folders -> paths (hub ids are resolved by the service's sync)."""
-    target = Path(settings.target_model)
-    draft = None if settings.draft_model.lower() in ("", "none") else Path(settings.draft_model)
+    target = local_folder(settings.target_model, settings)
+    draft = None if settings.draft_model.lower() in ("", "none") else local_folder(settings.draft_model, settings)
     return ModelPaths(target, Path(settings.target_tokenizer or target),
                       draft, Path(settings.draft_tokenizer or draft) if draft else None)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import Settings
 from .loader import ModelPaths
+from .prepare import CATALOG, resolve_prepared
 from .runtime.model_folder import ModelFolderError
 
 log = logging.getLogger("specops.sync")
@@ -46,7 +47,10 @@ def _hub_download(repo_id: str, subfolder: str, files: tuple[str, ...] | None, s
 
 
 def resolve_source(source: str, subfolder: str, settings: Settings, files: tuple[str, ...] | None = None) -> Path:
-    """A local folder is used in place; an `owner/name` hub id is downloaded to the cache."""
+    """A prepared model's name maps to its folder; a local folder is used in place; an
+    `owner/name` hub id is downloaded to the cache."""
+    if source in CATALOG:
+        return resolve_prepared(source, settings.model_cache_dir)
     path = Path(source).expanduser()
     if path.is_dir():
         return path / subfolder if subfolder else path

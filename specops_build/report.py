@@ -13,34 +13,46 @@ from specops.loader import timed_pass
 GOLDEN_NEW_TOKENS = 48
 
 
-def stage_golden(out: Path, log) -> None:
-    """Target-only greedy ids from an independent implementation: onnxruntime-genai."""
+def ort_genai_greedy(folder: Path, texts: list[str], new_tokens: int) -> list[dict]:
+    """Greedy ids from an independent implementation, onnxruntime-genai, on the same folder:
+    [{"prompt", "prompt_ids", "output_ids"}] per text (prompt ids from its own tokenizer)."""
     import onnxruntime_genai as og
 
-    from specops.runtime.tokenizer import TextTokenizer
-
-    folder = out / "target"
     model = og.Model(str(folder))
     og_tok = og.Tokenizer(model)
-    ours = TextTokenizer(folder)
-    prompts = load_prompt_items("free")
-    items = [p for p in prompts if p["kind"] == "free"][:12] + [p for p in prompts if p["kind"] == "chat"][:4]
     records = []
-    for item in items:
-        text = prompt_text(item, ours)
+    for text in texts:
         ids = [int(i) for i in og_tok.encode(text)]
         params = og.GeneratorParams(model)
-        params.set_search_options(do_sample=False, max_length=len(ids) + GOLDEN_NEW_TOKENS)
+        params.set_search_options(do_sample=False, max_length=len(ids) + new_tokens)
         gen = og.Generator(model, params)
         gen.append_tokens(np.asarray(ids, dtype=np.int32))
         while not gen.is_done():
             gen.generate_next_token()
         seq = [int(i) for i in gen.get_sequence(0)]
         records.append({"prompt": text, "prompt_ids": ids, "output_ids": seq[len(ids):]})
+    return records
+
+
+def golden_document(records: list[dict], new_tokens: int, **extra) -> str:
+    import onnxruntime_genai as og
+
+    return json.dumps({"generator": f"onnxruntime-genai {og.__version__}", "max_new_tokens": new_tokens,
+                       **extra, "records": records}, indent=1) + "\n"
+
+
+def stage_golden(out: Path, log) -> None:
+    """Target-only greedy ids of the embedded target from onnxruntime-genai."""
+    from specops.runtime.tokenizer import TextTokenizer
+
+    folder = out / "target"
+    ours = TextTokenizer(folder)
+    prompts = load_prompt_items("free")
+    items = [p for p in prompts if p["kind"] == "free"][:12] + [p for p in prompts if p["kind"] == "chat"][:4]
+    records = ort_genai_greedy(folder, [prompt_text(item, ours) for item in items], GOLDEN_NEW_TOKENS)
     path = out / "golden" / "target_greedy.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"generator": f"onnxruntime-genai {og.__version__}", "max_new_tokens":
-                                GOLDEN_NEW_TOKENS, "records": records}, indent=1) + "\n")
+    path.write_text(golden_document(records, GOLDEN_NEW_TOKENS))
     log(f"golden: {len(records)} prompts from onnxruntime-genai greedy -> {path}")
 
 

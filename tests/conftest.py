@@ -1,13 +1,21 @@
-"""Shared fixtures: the embedded default pair (or the folders SPECOPS_TARGET_MODEL /
-SPECOPS_DRAFT_MODEL name), loaded once per test session."""
+"""Shared fixtures: the committed small pair (or the folders SPECOPS_TARGET_MODEL /
+SPECOPS_DRAFT_MODEL name), loaded once per test session.
+
+The service's default model is SmolLM2-135M-Instruct, made by `specops prepare`; the suites of
+exactness, sampling, bridging and the server run on the small pair in Phi-3's and TinyLlama's
+formats, which is fast and committed. So the environment names it, for this process and the
+servers it starts, unless the caller named other folders. tests/test_real_model.py runs the
+prepared default model explicitly.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from specops.config import Settings
+from specops.config import EMBEDDED_DRAFT, EMBEDDED_TARGET, Settings
 from specops.loader import load_engine, local_paths
 from specops.runtime.decoder import Decoder
 from specops.runtime.model_folder import read_model_folder
@@ -16,6 +24,10 @@ from specops.runtime.tokenizer import TextTokenizer
 
 from specops.bench import NEAR_TIE, first_divergence, prompt_text  # noqa: F401  (re-exported for the tests)
 from specops.bench import load_prompt_items as load_prompts  # noqa: F401
+
+
+os.environ.setdefault("SPECOPS_TARGET_MODEL", str(EMBEDDED_TARGET))
+os.environ.setdefault("SPECOPS_DRAFT_MODEL", str(EMBEDDED_DRAFT))
 
 
 @pytest.fixture(scope="session")

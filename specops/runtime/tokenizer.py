@@ -34,6 +34,7 @@ class TextTokenizer:
         self._template = (ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
                           .from_string(template) if template else None)
         self.vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        self.added_ids = frozenset(self.tok.get_added_tokens_decoder())
 
     def _token(self, key: str) -> str:
         value = self.config.get(key) or ""
@@ -51,6 +52,11 @@ class TextTokenizer:
 
     def id_to_piece(self, i: int) -> str | None:
         return self.tok.id_to_token(int(i))
+
+    def tokenize_piece(self, piece: str) -> list[int]:
+        """A vocabulary piece (e.g. byte-level "Ġhello", or "▁hello") -> this tokenizer's model's
+        ids for it, without normalizing or pre-tokenizing it as text again."""
+        return [t.id for t in self.tok.model.tokenize(piece)]
 
     def apply_chat_template(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
         if self._template is None:

@@ -1,9 +1,11 @@
 """Bridge a draft whose vocabulary differs from the target's (Phi-3 32064 vs TinyLlama 32000).
 
 At load: ids both tokenizers share must mean the same pieces, or the pair is refused.
-At run time: shared ids pass through; a target-only id (a chat tag such as <|user|>) is
-fed to the draft as the draft's own tokenization of its text; the draft can only propose
-shared ids, so its probability of any other target id is zero.
+At run time: shared ids pass through; a target-only id is fed to the draft as the draft's own
+tokenization of it: an added token (a chat tag such as <|user|>) as its text, a vocabulary piece
+(a draft whose vocabulary is a prefix of the target's, e.g. "Ġhello") through the draft's model
+as a piece. The draft can only propose shared ids, so its probability of any other target id is
+zero.
 """
 from __future__ import annotations
 
@@ -40,7 +42,9 @@ class VocabBridge:
     def _expand(self, target_id: int) -> list[int]:
         if target_id not in self._expansions:
             piece = self._target_tok.id_to_piece(target_id) or ""
-            ids = [i for i in self._draft_tok.encode(piece) if i < self.shared]
+            added = target_id in self._target_tok.added_ids
+            ids = self._draft_tok.encode(piece) if added else self._draft_tok.tokenize_piece(piece)
+            ids = [i for i in ids if i < self.shared]
             self._expansions[target_id] = ids or [0]
         return self._expansions[target_id]
 

