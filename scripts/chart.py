@@ -23,7 +23,7 @@ def draw(report: dict, path: Path) -> None:
         peers = report["sets"][set_name].get("peers", {})
         for i, (peer, figures) in enumerate(peers.items()):
             if "tok_s" in figures:
-                ax.axhline(figures["tok_s"], ls=":", color=f"C{i + 2}", label=f"onnxruntime-genai {peer}")
+                ax.axhline(figures["tok_s"], ls=":", color=f"C{(i + 2) % 10}", label=peer)
         if base:
             ax.axhline(base, ls="--", color="grey", label="target-only (none)")
             for i, n in enumerate(names):

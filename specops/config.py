@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     allow_spinning: bool = Field(False, description="let idle onnxruntime threads spin (breaks CPU autoscaling)")
     context_length: int = Field(0, ge=0, description="context cap in tokens; 0 = the model's own")
     prefill_chunk: int = Field(512, ge=16, le=8192, description="prompt tokens per prefill pass")
+    consistent_passes: Literal["auto", "on", "off"] = Field(
+        "auto", description="run one-token target passes as two-row passes, so that plain steps and verify "
+        "passes compute alike and speculative greedy output equals target-only output bit for bit; auto: "
+        "where the model's one-row kernel differs (int8 weights: plain steps cost about 7% more)")
 
     # -- speculation ------------------------------------------------------------------------
     speculator: Literal["none", "ngram", "draft", "hybrid", "auto"] = Field(

@@ -47,6 +47,8 @@ def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: 
     cap = settings.context_length or None
     target_spec = read_model_folder(paths.target, settings.verify_checksums)
     target = Decoder(target_spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning), cap)
+    if settings.consistent_passes == "on" or (settings.consistent_passes == "auto" and target.one_row_kernel_differs()):
+        target.min_rows = 2
     tokenizer = TextTokenizer(paths.target_tokenizer)
     draft = None
     if paths.draft is not None:

@@ -97,3 +97,22 @@ def test_uncopied_logits_equal_copied_ones_until_the_next_pass(decoder):
     decoder.rewind(10)
     decoder.append(IDS[20:23], copy=False)  # the same buffer, overwritten
     assert not np.allclose(view, copied, atol=holes_atol(decoder))
+
+
+def test_padded_one_token_passes_equal_the_rows_of_wider_passes(target_folder):
+    """min_rows 2 (consistent passes): a one-token step runs as a two-row pass whose padding row
+    leaves no trace: its logits are those of the token's row in a wider pass, the cache holds
+    only the real token, and the next step sees the same cache as without padding."""
+    plain, padded = (Decoder(read_model_folder(target_folder, verify=False)) for _ in range(2))
+    padded.min_rows = 2
+    ids = list(range(3, 40))
+    for dec in (plain, padded):
+        dec.prefill(ids)
+    one = padded.append([41])
+    assert padded.length == len(ids) + 1 and one.shape == (1, plain.vocab_size)
+    padded.rewind(len(ids))
+    wide = padded.append([41, 42, 43])
+    np.testing.assert_array_equal(one[0], wide[0])
+    padded.rewind(len(ids) + 1)
+    np.testing.assert_allclose(padded.append([44])[0], plain.append([41, 44])[1], atol=1e-4)
+    assert not plain.one_row_kernel_differs()  # int4 weights: one row computes as a GEMM row does
