@@ -21,6 +21,7 @@ PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 # steps) and its GEMM kernel (multi-token verify passes) differ by up to 0.037 per logit
 # (measured on the embedded target), so a gap up to twice that may flip between them.
 NEAR_TIE = 0.08
+Results = dict[str, list[list[GenerationResult]]]  # speculator -> [prompt][repeat]
 
 
 def near_tie_margin(folder: Path) -> float:
@@ -28,7 +29,6 @@ def near_tie_margin(folder: Path) -> float:
     one-token/multi-token difference), else NEAR_TIE."""
     record = Path(folder) / "prepare.json"
     return float(json.loads(record.read_text())["recipe"]["near_tie"]) if record.is_file() else NEAR_TIE
-Results = dict[str, list[list[GenerationResult]]]  # speculator -> [prompt][repeat]
 
 
 def load_prompt_items(name: str) -> list[dict]:
@@ -65,8 +65,8 @@ def near_tie_refutation(target, prompt: list[int], prefix: list[int], got: int |
     (the prompt in one pass, then one-token passes): they must choose `expected` (else decoding is
     not deterministic) and rank `got` within `margin` of it. The speculative run's cache was
     written by multi-token passes, which move such gaps by up to `margin` on the models measured,
-    so a gap below it may flip. None for `got` or `expected`:
-    that run ended there (its best end-of-sequence id). `target` (a Decoder) is reset."""
+    so a gap below it may flip. None for `got` or `expected`: that run ended there (its best
+    end-of-sequence id counts). `target` (a Decoder) is reset."""
     target.reset()
     logits = target.prefill(prompt)
     for t in prefix:
