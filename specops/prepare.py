@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,9 +146,14 @@ def _tail(text: str, lines: int = 12) -> str:
 
 
 def _run_tool(cmd: list[str], log_path: Path, what: str) -> None:
-    """A conversion step in a child process; its (long) output goes to a log file."""
+    """A conversion step in a child process; its (long) output goes to a log file.
+
+    The builder stamps the ONNX file's producer_version with `git rev-parse HEAD` run above its
+    install folder, which finds this project's checkout when the venv lives inside it: the file
+    would change with every commit. GIT_DIR pointing nowhere makes it fall back to its own
+    release's commit, so a conversion depends on the recipe and the pinned tools only."""
     with log_path.open("w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "GIT_DIR": os.devnull})
     if done.returncode != 0:
         raise PrepareError(f"{what} failed (exit {done.returncode}); the end of {log_path}:\n"
                            f"{_tail(log_path.read_text(errors='replace'))}")
