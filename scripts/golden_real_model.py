@@ -8,7 +8,6 @@ The file records the folder's manifest digest; a conversion that changes the wei
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -18,16 +17,12 @@ sys.path.insert(0, str(ROOT))
 from specops.bench import load_prompt_items, prompt_text  # noqa: E402
 from specops.config import EMBEDDED_MODELS, Settings  # noqa: E402
 from specops.loader import local_folder  # noqa: E402
-from specops.runtime.model_folder import MANIFEST  # noqa: E402
+from specops.runtime.model_folder import MANIFEST, file_sha256  # noqa: E402
 from specops.runtime.tokenizer import TextTokenizer  # noqa: E402
 from specops_build.report import golden_document, ort_genai_greedy  # noqa: E402
 
 GOLDEN = EMBEDDED_MODELS / "golden" / "smollm2_greedy.json"
 PROMPT_SET = "chat_real"
-
-
-def manifest_digest(folder: Path) -> str:
-    return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()
 
 
 def main(argv=None) -> int:
@@ -43,7 +38,7 @@ def main(argv=None) -> int:
     texts = [prompt_text(item, tokenizer) for item in load_prompt_items(PROMPT_SET)[:args.prompts]]
     records = ort_genai_greedy(folder, texts, args.new_tokens)
     args.out.write_text(golden_document(records, args.new_tokens, prompt_set=PROMPT_SET,
-                                        manifest_sha256=manifest_digest(folder)))
+                                        manifest_sha256=file_sha256(folder / MANIFEST)))
     print(f"{len(records)} prompts -> {args.out}")
     return 0
 

