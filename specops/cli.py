@@ -3,6 +3,7 @@ generated from specops.config.Settings, so flags, SPECOPS_* variables and defaul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import typing
@@ -85,6 +86,28 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from .loader import local_folder
+    from .profile import profile
+    from .runtime.decoder import Decoder, SessionConfig
+    from .runtime.model_folder import read_model_folder
+
+    settings = settings_from_args(args)
+    target_dir = local_folder(settings.target_model, settings)
+    target = Decoder(read_model_folder(target_dir, settings.verify_checksums),
+                     SessionConfig(settings.intra_op_threads, settings.allow_spinning))
+    draft_dir, draft = None, None
+    if settings.draft_model.lower() not in ("", "none"):
+        draft_dir = local_folder(settings.draft_model, settings)
+        draft = Decoder(read_model_folder(draft_dir, settings.verify_checksums),
+                        SessionConfig(settings.draft_intra_op_threads, settings.allow_spinning))
+    consistent = {"on": True, "off": False}.get(settings.consistent_passes)
+    result = profile(target, draft, str(target_dir), draft_dir and str(draft_dir), consistent,
+                     args.max_tokens, args.past, args.rounds)
+    print(json.dumps(dataclasses.asdict(result)) if args.json else result.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specops", description="Speculative decoding on ONNX Runtime.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--cache-dir", default=None, help="default: settings' model_cache_dir (SPECOPS_MODEL_CACHE_DIR)")
     prep.add_argument("--force", action="store_true", help="convert again even if a checked folder exists")
     prep.set_defaults(func=_prepare)
+    prof = sub.add_parser("profile", help="time target passes of 1..N tokens and a draft pass on this machine, "
+                          "and predict what each speculator gains (does speculation pay here?)")
+    prof.add_argument("--target", "--target-model", dest="target_model", default=None,
+                      help="target folder or prepared model name (default: settings' target_model)")
+    prof.add_argument("--draft", "--draft-model", dest="draft_model", default=None,
+                      help="draft folder, or 'none' (default: settings' draft_model)")
+    prof.add_argument("--max-tokens", type=int, default=9, help="longest pass timed (k + 1)")
+    prof.add_argument("--past", type=int, default=100, help="tokens of context before the timed passes")
+    prof.add_argument("--rounds", type=int, default=7, help="interleaved sweeps over all lengths (medians)")
+    prof.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_settings_flags(prof)
+    prof.set_defaults(func=_profile)
     serve = sub.add_parser("serve", help="run the HTTP service (as `uvicorn main:app`; see docs/service.md)")
     _add_settings_flags(serve)
     serve.set_defaults(func=_serve)

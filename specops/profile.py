@@ -1,0 +1,140 @@
+"""`specops profile`: does speculation pay on this machine, for these models?
+
+Measures what a target pass over n = 1..N tokens costs here (after `past` tokens of context),
+on stock onnxruntime (`baseline_verify_ms`: one-token passes run the one-row kernel) and on the
+path the engine uses (`verify_ms`: with consistent passes a one-token pass runs as two rows),
+what a draft pass costs, and predicts each speculator's speedup over target-only decoding for
+per-token acceptance 0.5..0.9 at the best k (Leviathan et al.'s bound with the measured curve):
+
+    speedup(a, k) = E(a, k) / (verify(k + 1) / verify(1) + k c),   c = draft pass / verify(1)
+
+where verify(1) is the engine's plain step. Passes of all lengths are timed interleaved, round
+after round, and each length keeps its median, so drift of a shared machine spreads over all.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bench import cost_bound
+from .runtime.decoder import Decoder
+
+ACCEPTANCES = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class Curve:
+    """Median milliseconds of one pass over n tokens, n = 1..len(ms)."""
+    ms: list[float]
+    samples: int
+
+    def ratio(self, n: int) -> float:
+        return self.ms[min(n, len(self.ms)) - 1] / self.ms[0]
+
+
+def pass_curve(decoder: Decoder, max_tokens: int = 9, past: int = 100, rounds: int = 7, per_round: int = 3) -> Curve:
+    """Time passes of 1..max_tokens tokens on top of `past` cached tokens, the cache rewound
+    after each; `rounds` sweeps over all lengths (shortest and longest alternate), `per_round`
+    timed passes of each length per sweep after one untimed warm-up pass."""
+    ids = (np.arange(past + max_tokens) % 200 + 3).tolist()
+    decoder.reset()
+    decoder.prefill(ids[:past])
+    times: dict[int, list[float]] = {n: [] for n in range(1, max_tokens + 1)}
+    for r in range(rounds):
+        order = range(1, max_tokens + 1) if r % 2 == 0 else range(max_tokens, 0, -1)
+        for n in order:
+            chunk = ids[past:past + n]
+            for i in range(per_round + 1):
+                t = time.perf_counter()
+                decoder.append(chunk, copy=False)
+                seconds = time.perf_counter() - t
+                decoder.rewind(past)
+                if i:
+                    times[n].append(seconds)
+    decoder.reset()
+    return Curve([round(float(np.median(times[n])) * 1e3, 3) for n in sorted(times)], rounds * per_round)
+
+
+def best_k(a: float, curve: Curve, c: float, k_max: int) -> tuple[int, float]:
+    """The k in 1..k_max with the highest predicted speedup, and that speedup."""
+    return max(((k, cost_bound(a, k, curve.ratio(k + 1), c)) for k in range(1, k_max + 1)), key=lambda kv: kv[1])
+
+
+def predictions(curve: Curve, c: float | None, acceptances=ACCEPTANCES) -> dict[str, list[dict]]:
+    """Per speculator, per acceptance: the best k and its predicted speedup. n-gram proposals
+    cost nothing to make (c = 0); the draft's pass costs c of a plain target step."""
+    k_max = len(curve.ms) - 1
+    kinds = {"ngram": 0.0} | ({"draft": c} if c is not None else {})
+    out = {}
+    for kind, cost in kinds.items():
+        rows = []
+        for a in acceptances:
+            k, speedup = best_k(a, curve, cost, k_max)
+            rows.append({"acceptance": a, "k": k, "speedup": round(speedup, 3)})
+        out[kind] = rows
+    return out
+
+
+@dataclass
+class Profile:
+    target: str
+    baseline_verify_ms: list[float]
+    verify_ms: list[float]
+    one_row_kernel_differs: bool
+    draft: str | None = None
+    draft_pass_ms: float | None = None
+    c: float | None = None
+    predicted: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        """The human-readable report."""
+        n = len(self.verify_ms)
+        lines = [f"target {self.target}",
+                 "tokens in pass     " + "".join(f"{i:>8}" for i in range(1, n + 1)),
+                 "stock onnxruntime  " + "".join(f"{v:8.2f}" for v in self.baseline_verify_ms) + "  ms",
+                 "engine path        " + "".join(f"{v:8.2f}" for v in self.verify_ms) + "  ms",
+                 "ratio to a step    " + "".join(f"{v / self.verify_ms[0]:8.2f}" for v in self.verify_ms)]
+        if self.one_row_kernel_differs:
+            lines.append("(one-row kernel differs from the GEMM: the engine runs one-token passes as two rows)")
+        if self.draft:
+            lines.append(f"draft {self.draft}: {self.draft_pass_ms:.3f} ms a pass, c = {self.c:.3f}")
+        lines.append("predicted speedup over target-only (best k) at per-token acceptance:")
+        lines.append("             " + "".join(f"{r['acceptance']:>12}" for r in next(iter(self.predicted.values()))))
+        for kind, rows in self.predicted.items():
+            lines.append(f"  {kind:<10} " + "".join(f"{r['speedup']:8.2f}x k={r['k']:<2}" for r in rows))
+        return "\n".join(lines)
+
+
+def machine() -> dict:
+    import onnxruntime as ort
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def profile(target: Decoder, draft: Decoder | None, target_name: str, draft_name: str | None,
+            consistent: bool | None = None, max_tokens: int = 9, past: int = 100, rounds: int = 7) -> Profile:
+    """Measure both target paths and the draft; `consistent` None = the engine's auto rule."""
+    differs = target.one_row_kernel_differs()
+    target.min_rows = 1
+    baseline = pass_curve(target, max_tokens, past, rounds)
+    target.min_rows = 2 if (differs if consistent is None else consistent) else 1
+    engine = pass_curve(target, max_tokens, past, rounds) if target.min_rows > 1 else baseline
+    out = Profile(target_name, baseline.ms, engine.ms, differs, machine=machine())
+    c = None
+    if draft is not None:
+        out.draft, out.draft_pass_ms = draft_name, pass_curve(draft, 1, past, rounds, 5).ms[0]
+        c = out.c = round(out.draft_pass_ms / engine.ms[0], 4)
+    out.predicted = predictions(engine, c)
+    return out
