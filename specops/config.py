@@ -83,3 +83,7 @@ class Settings(BaseSettings):
     memory_overhead_bytes: int = Field(256 * 2**20, ge=0,
                                        description="Python, onnxruntime, tokenizers and the server beyond "
                                                    "weights and caches (about 100 MiB measured, plus slack)")
+
+    # -- request limits (refused with 413 before any work) -------------------------------------
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30,
+                                description="largest request body in bytes; beyond it: 413 body_too_large")

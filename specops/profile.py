@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+from importlib import metadata
 import time
 from dataclasses import dataclass, field
 
@@ -111,15 +112,13 @@ class Profile:
 
 
 def machine() -> dict:
-    import onnxruntime as ort
-
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    return {"cpu": model, "cpus": os.cpu_count(), "onnxruntime": ort.__version__,
+    return {"cpu": model, "cpus": os.cpu_count(), "onnxruntime": metadata.version("onnxruntime"),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -37,6 +37,11 @@ class InvalidRequest(ServiceError):
     status, type = 422, "invalid_request_error"
 
 
+class TooLarge(ServiceError):
+    """413: the body, or the prompt once tokenized, exceeds a size limit; the message says which."""
+    status, type = 413, "invalid_request_error"
+
+
 class Unauthorized(ServiceError):
     status, type = 401, "authentication_error"
 
@@ -71,7 +76,9 @@ def describe_validation(errors) -> tuple[str, str | None, bool]:
     for e in errors:
         if e.get("type") == "json_invalid":
             return f"malformed JSON body: {e.get('ctx', {}).get('error', e.get('msg'))}", None, True
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body" and not _is_union_member(p)) or "body"
+        keep_all = e.get("type") == "extra_forbidden"  # an unknown field's name is the client's, kept as is
+        loc = ".".join(str(p) for p in e.get("loc", ())
+                       if p != "body" and (keep_all or not _is_union_member(p))) or "body"
         by_field.setdefault(loc, []).append(e.get("msg", "invalid"))
         if e.get("type") != "missing":
             got[loc] = f" (got {e.get('input')!r:.60})"
@@ -80,8 +87,9 @@ def describe_validation(errors) -> tuple[str, str | None, bool]:
 
 
 def _is_union_member(part) -> bool:
-    # pydantic names the member of a union that failed ("str", "list[str]"): not a field name
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part)
+    # pydantic names the member of a union that failed ("str", "list[str]", "constrained-str",
+    # "function-after[...]"): not a field name
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or "-" in part)
 
 
 def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -14,11 +14,12 @@ from fastapi import APIRouter, Depends, Request
 
 from ..runtime.tokenizer import ChatMessage
 from .backend import Delta, Finished, Ticket
+from .contract import AUTH_ERRORS, OPENAI_RESPONSES
 from .errors import ModelNotFound, ServiceError, error_body
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from .routes import respond, sse
 from .service import Service, get_service
-from .validation import chat_prompt, validate
+from .validation import chat_prompt, check_max_new_tokens, validate
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -50,7 +51,7 @@ def _check_model(req: OpenAIFields, service: Service) -> None:
                             param="model", code="model_not_found")
 
 
-@router.get("/models")
+@router.get("/models", responses=AUTH_ERRORS)
 def models(service: Service = Depends(get_service)) -> dict:
     return {"object": "list", "data": [{"id": service.settings.served_model_name, "object": "model",
                                         "created": service.created, "owned_by": "specops"}]}
@@ -93,7 +94,7 @@ class _Stream:
         yield sse("[DONE]")
 
 
-@router.post("/completions")
+@router.post("/completions", responses=OPENAI_RESPONSES)
 async def completions(req: CompletionRequest, request: Request, service: Service = Depends(get_service)):
     _check_model(req, service)
     engine = service.ready_engine()
@@ -111,10 +112,12 @@ async def completions(req: CompletionRequest, request: Request, service: Service
     return await respond(request, service, valid, whole, _Stream("text", service, usage).events)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=OPENAI_RESPONSES)
 async def chat_completions(req: ChatCompletionRequest, request: Request, service: Service = Depends(get_service)):
     _check_model(req, service)
     engine = service.ready_engine()
+    if req.max_completion_tokens is not None:  # max_tokens is then unused, but must still be within its limit
+        check_max_new_tokens(req.max_tokens, service.settings, engine.capacity, "max_tokens")
     prompt = chat_prompt([ChatMessage(m.role, m.text()) for m in req.messages], engine)
     valid = validate(req, prompt, req.token_budget(), engine, service.settings,
                      default_temperature=OPENAI_DEFAULT_TEMPERATURE,

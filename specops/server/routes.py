@@ -6,10 +6,11 @@ import os
 from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .backend import ClientGone, Delta, Finished, Ticket
+from .contract import GENERATION_ERRORS, stream_or_json
 from .errors import ServiceError, error_body
 from .schemas import GenerateRequest, GenerateResponse, HealthResponse, StreamDelta
 from .service import Service, get_service
@@ -40,8 +41,10 @@ def health(service: Service = Depends(get_service)) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
 
-@router.get("/metrics", tags=["health"])
+@router.get("/metrics", tags=["health"], response_class=PlainTextResponse,
+            responses={200: {"description": "Prometheus text exposition format (text/plain; version=1.0.0)"}})
 def metrics(service: Service = Depends(get_service)) -> Response:
+    """Prometheus metrics of this process (docs/service.md lists them)."""
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -87,8 +90,10 @@ async def _generate_events(ticket: Ticket) -> AsyncIterator[str]:
 
 
 @router.post("/generate", tags=["generate"], response_model=GenerateResponse,
-             responses={200: {"content": {"text/event-stream": {}},
-                              "description": "JSON, or with stream=true SSE: token events, then a done event"}})
+             responses={**stream_or_json("JSON, or with stream=true SSE: token events, then a done event",
+                                         "JSON: {type: token, text, token_count}, then {type: done, ...the JSON "
+                                         "response}, or {type: error, error: {...}}"),
+                        **GENERATION_ERRORS})
 async def generate(req: GenerateRequest, request: Request, service: Service = Depends(get_service)):
     """Generate from a raw text prompt; `stream: true` answers with Server-Sent Events."""
     engine = service.ready_engine()

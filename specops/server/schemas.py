@@ -1,34 +1,69 @@
-"""Request and response types of the native API (/generate, /health).
+"""Request and response types of the native API (/generate, /health), and the error shape.
 
 Static limits live here (pydantic turns them into 422 messages naming the field and the
-limit); limits that depend on settings or the loaded model (max_new_tokens, prompt length in
-tokens) are checked in validation.py.
+limit, and FastAPI into the OpenAPI schema). Limits that depend on settings or on the loaded
+model carry an `x-limit` mark: contract.py writes their value into /openapi.json and
+validation.py enforces the same value.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from ..engine.sampling_params import SPECULATORS
 
-Speculator = Literal[SPECULATORS]  # type: ignore[valid-type]
 MAX_K_DRAFT = 16
-MAX_STOP = 16
-Stop = Optional[Union[str, list[str]]]
+MAX_STOP = 16  # stop strings per request
+MAX_STOP_CHARS = 256  # characters per stop string
+
+
+def limit(name: str) -> dict:
+    """The mark of a limit contract.py fills in (a setting, or a fact of the loaded model)."""
+    return {"x-limit": name}
+
+
+def _whole_number(value):
+    # JSON has one number type: 15.0 is the integer 15 (as JSON Schema says); 15.5, "15" and true are not
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
+Speculator = Annotated[Literal[SPECULATORS], Field(json_schema_extra=limit("speculators"))]  # type: ignore[valid-type]
+NewTokens = Annotated[Int, Field(ge=1, json_schema_extra=limit("max_new_tokens"))]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+Stop = Optional[Union[StopString, Annotated[list[StopString], Field(max_length=MAX_STOP)]]]
+
+
+def _must_be_false(value: bool) -> bool:
+    if value:
+        raise ValueError("not supported (must be false or absent)")
+    return value
+
+
+# a flag we cannot honour: false or absent, never true (and never 0: strict)
+Unsupported = Annotated[StrictBool, AfterValidator(_must_be_false), Field(json_schema_extra={"const": False})]
 
 
 class SamplingFields(BaseModel):
-    """Per-request sampling fields shared by /generate and the OpenAI endpoints."""
+    """Per-request sampling fields shared by /generate and the OpenAI endpoints. Strict: a
+    bool, a number and a string are never converted into one another."""
 
+    model_config = ConfigDict(strict=True)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="0 = greedy")
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
-    top_k: Optional[int] = Field(None, ge=0, description="0 = off")
-    seed: Optional[int] = Field(None, ge=0, description="seed of the sampler (sampling only)")
-    stop: Stop = Field(None, description=f"stop string(s), at most {MAX_STOP}")
-    speculator: Optional[Speculator] = Field(None, description="default: the server's setting")
-    k_draft: Optional[int] = Field(None, ge=0, le=MAX_K_DRAFT, description="upper bound on proposals per round")
+    top_k: Optional[Int] = Field(None, ge=0, description="0 = off")
+    seed: Optional[Int] = Field(None, ge=0, description="seed of the sampler (sampling only)")
+    stop: Stop = Field(None, description=f"stop string(s): at most {MAX_STOP}, each 1..{MAX_STOP_CHARS} characters")
+    speculator: Optional[Speculator] = Field(None, description="default: the server's setting; `draft` and "
+                                             "`hybrid` only with a draft model loaded")
+    k_draft: Optional[Int] = Field(None, ge=0, le=MAX_K_DRAFT, description="upper bound on proposals per round")
     stream: bool = Field(False, description="answer with Server-Sent Events")
+
+
+PROMPT_LIMITS = ("Limits that depend on tokenization: the prompt must tokenize to at least 1 token (422 "
+                 "`empty_prompt`), and prompt tokens + the token budget must fit the context cap (413 "
+                 "`context_length_exceeded`, naming both counts). Lone surrogates in text become U+FFFD.")
 
 
 class GenerateRequest(SamplingFields):
@@ -36,10 +71,26 @@ class GenerateRequest(SamplingFields):
 
     Strict: wrong types and unknown fields are errors, not silent conversions."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={"description": PROMPT_LIMITS})
     prompt: str = Field(min_length=1, description="raw text; no chat template is applied")
-    max_new_tokens: Optional[int] = Field(None, description="1..max_new_tokens_limit; default from settings")
+    max_new_tokens: Optional[NewTokens] = Field(None, description="1..min(max_new_tokens_limit, context cap - 1); "
+                                                "default from settings (lowered to what the context leaves)")
     temperature: Optional[float] = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (the default)")
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str = Field(description="what is wrong, naming the field and its limit")
+    type: str = Field(description="invalid_request_error, authentication_error, not_found_error, "
+                      "rate_limit_error, service_unavailable or server_error")
+    param: Optional[str] = Field(None, description="the request field at fault")
+    code: Optional[str] = Field(None, description="machine-readable reason, e.g. context_length_exceeded")
+
+
+class ErrorResponse(BaseModel):
+    """Every error (the OpenAI shape); 503s add `state` and `reason`."""
+
+    error: ErrorDetail
 
 
 class Usage(BaseModel):

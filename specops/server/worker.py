@@ -176,11 +176,12 @@ class EngineWorker:
         try:
             result = self._engine.generate(job.prompt_ids, job.params, on_tokens=job.on_tokens,
                                            cancelled=job.should_stop)
-        except ValueError as err:  # input the engine refuses (e.g. prompt over the cap)
+        except ValueError as err:  # input the engine refuses (validation lets none through)
             _resolve(job.future, error=InvalidRequest(str(err), status=400, code="invalid_prompt"))
         except Exception as err:  # never let one request take the worker (or the process) down
-            log.exception("generation failed")
-            _resolve(job.future, error=ServiceError(f"generation failed: {type(err).__name__}: {err}"))
+            log.exception("generation failed")  # the detail (paths, traces) stays in the log
+            _resolve(job.future, error=ServiceError(f"generation failed: {type(err).__name__} (see the server "
+                                                    "log)", code="engine_error"))
         else:
             if job.timed_out and result.finish_reason == "cancelled":
                 result.finish_reason = "timeout"
