@@ -17,8 +17,8 @@ from .runtime.tokenizer import ChatMessage
 
 PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
-# Two logits closer than this are a near-tie: the int4 target's one-row kernel (single-token
-# steps) and its GEMM kernel (multi-token verify passes) differ by up to 0.037 per logit
+# Two logits closer than this are a near-tie: the int4 target's single-token steps and its
+# multi-token verify passes differ by up to 0.037 per logit
 # (measured on the embedded target), so a gap up to twice that may flip between them.
 NEAR_TIE = 0.08
 Results = dict[str, list[list[GenerationResult]]]  # speculator -> [prompt][repeat]

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     consistent_passes: Literal["auto", "on", "off"] = Field(
         "auto", description="run one-token target passes as two-row passes, so that plain steps and verify "
         "passes compute alike and speculative greedy output equals target-only output bit for bit; auto: "
-        "where the model's one-row kernel differs (int8 weights: plain steps cost about 7% more)")
+        "where the model's one-token pass differs (SmolLM2 int8: plain steps cost 7-14% more)")
 
     # -- speculation ------------------------------------------------------------------------
     speculator: Literal["none", "ngram", "draft", "hybrid", "auto"] = Field(

@@ -51,8 +51,8 @@ class Decoder:
     def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), capacity: int | None = None,
                  compact_after: int = 64):
         self.spec = spec
-        # Passes of fewer rows are padded to this many (shared-buffer layout only): where the
-        # one-row kernel computes differently from the multi-row GEMM, every pass then runs the
+        # Passes of fewer rows are padded to this many (shared-buffer layout only): where a
+        # one-token pass computes differently from a multi-token one, every pass then runs the
         # same per-row arithmetic, and a one-token step gives bit for bit the logits and cache
         # entries a verify pass would (see `one_row_kernel_differs`).
         self.min_rows = 1
@@ -149,8 +149,11 @@ class Decoder:
         return logits if all_logits else logits[-1:]
 
     def one_row_kernel_differs(self, tolerance: float = 1e-4) -> bool:
-        """Whether a one-token pass gives other logits than the same token in a two-token pass
-        (int8 MatMulNBits at accuracy level 4: up to about 2 logits; int4: 5e-6), beyond
+        """Whether a one-token pass gives other logits than the same token in a two-token pass.
+        GroupQueryAttention takes another path for one token, whose output differs in the last
+        bits (1e-6); where the next MatMulNBits quantizes its activations (accuracy level 4)
+        that flips roundings and grows layer by layer (SmolLM2 int8: up to about 2 logits;
+        the small int4 target: 5e-6; a TinyLlama-shaped int4 model: 0.05). Beyond
         `tolerance` of the logits' scale (random-weight models have logits in the hundreds).
         Resets the cache."""
         saved, self.min_rows = self.min_rows, 1
