@@ -9,10 +9,12 @@ import numpy as np
 
 from .config import Settings
 from .engine.adaptive import CostModel
+from .engine.batch import BatchEngine
 from .engine.llm_engine import Engine
 from .prepare import CATALOG, resolve_prepared
+from .runtime.batch_decoder import BatchDecoder, SlotDecoder
 from .runtime.decoder import Decoder, SessionConfig
-from .runtime.model_folder import read_model_folder
+from .runtime.model_folder import ModelSpec, read_model_folder
 from .runtime.tokenizer import TextTokenizer
 from .speculators.draft import DraftModelSpeculator
 from .speculators.ngram import NgramSpeculator
@@ -42,27 +44,67 @@ def local_paths(settings: Settings) -> ModelPaths:
                       draft, Path(settings.draft_tokenizer or draft) if draft else None)
 
 
+def _draft_spec(settings: Settings, paths: ModelPaths, tokenizer: TextTokenizer,
+                target_spec: ModelSpec) -> tuple[ModelSpec, VocabBridge] | None:
+    if paths.draft is None:
+        return None
+    draft_spec = read_model_folder(paths.draft, settings.verify_checksums)
+    bridge = VocabBridge(tokenizer, TextTokenizer(paths.draft_tokenizer), target_spec.vocab_size,
+                         draft_spec.vocab_size)
+    return draft_spec, bridge
+
+
+def _consistent(settings: Settings, target) -> bool:
+    """Run one-token passes two rows wide? (see Decoder.one_row_kernel_differs)"""
+    return settings.consistent_passes == "on" or (settings.consistent_passes == "auto"
+                                                  and target.one_row_kernel_differs())
+
+
 def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True) -> Engine:
     paths = paths or local_paths(settings)
     cap = settings.context_length or None
     target_spec = read_model_folder(paths.target, settings.verify_checksums)
     target = Decoder(target_spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning), cap)
-    if settings.consistent_passes == "on" or (settings.consistent_passes == "auto" and target.one_row_kernel_differs()):
+    if _consistent(settings, target):
         target.min_rows = 2
     tokenizer = TextTokenizer(paths.target_tokenizer)
     draft = None
-    if paths.draft is not None:
-        draft_spec = read_model_folder(paths.draft, settings.verify_checksums)
-        draft_tok = TextTokenizer(paths.draft_tokenizer)
-        bridge = VocabBridge(tokenizer, draft_tok, target_spec.vocab_size, draft_spec.vocab_size)
+    if (found := _draft_spec(settings, paths, tokenizer, target_spec)) is not None:
+        draft_spec, bridge = found
         draft_decoder = Decoder(draft_spec, SessionConfig(settings.draft_intra_op_threads, settings.allow_spinning),
                                 target.capacity)
         draft = DraftModelSpeculator(draft_decoder, bridge)
     engine = Engine(target, tokenizer, draft, NgramSpeculator(settings.ngram_min, settings.ngram_max),
                     prefill_chunk=settings.prefill_chunk)
     if calibrate:
-        engine.cost = measure_costs(engine, MAX_K)
+        engine.cost = measure_costs(target, draft.decoder if draft is not None else None, MAX_K)
     return engine
+
+
+def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True) -> BatchEngine:
+    """The continuous-batching engine: `settings.max_batch` slots of the target's cache; each
+    sequence that uses the draft gets its own draft cache on one shared draft session."""
+    paths = paths or local_paths(settings)
+    target_spec = read_model_folder(paths.target, settings.verify_checksums)
+    batch = BatchDecoder(target_spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning),
+                         settings.max_batch, settings.context_length or None)
+    if _consistent(settings, SlotDecoder(batch, 0)):
+        batch.min_rows = 2
+    tokenizer = TextTokenizer(paths.target_tokenizer)
+    make_draft, first = None, None
+    if (found := _draft_spec(settings, paths, tokenizer, target_spec)) is not None:
+        draft_spec, bridge = found
+        first = Decoder(draft_spec, SessionConfig(settings.draft_intra_op_threads, settings.allow_spinning),
+                        batch.capacity)
+        spare = [first]
+
+        def make_draft() -> DraftModelSpeculator:
+            decoder = spare.pop() if spare else Decoder(draft_spec, capacity=batch.capacity, session=first.session)
+            return DraftModelSpeculator(decoder, bridge)
+    cost = (measure_costs(SlotDecoder(batch, 0), first, MAX_K) if calibrate
+            else CostModel(verify_s=[1.0], draft_s=0.0 if first is not None else None))
+    return BatchEngine(batch, tokenizer, cost, make_draft, (settings.ngram_min, settings.ngram_max),
+                       settings.prefill_chunk)
 
 
 def timed_pass(decoder: Decoder, ids) -> float:
@@ -75,17 +117,17 @@ def timed_pass(decoder: Decoder, ids) -> float:
     return seconds
 
 
-def measure_costs(engine: Engine, max_k: int, prefix: int = 64, repeats: int = 3, block: int = 6) -> CostModel:
+def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, repeats: int = 3,
+                  block: int = 6) -> CostModel:
     """Time target passes over n = 1..max_k+1 tokens after `prefix` tokens, alone and right after
-    two draft passes (as in a draft round), and one draft pass.
+    two draft passes (as in a draft round), and one draft pass. `target`: a Decoder or a slot
+    of the batch decoder.
 
     A pass costs more right after a longer one (a 1-token pass 20% more after a 17-token pass,
     and for several passes), so each length is timed in a block of `block` passes, the first two
     of which only warm up, from the longest length down to one token; the sweep is repeated
     `repeats` times so that drift of a shared machine spreads over all lengths. Medians."""
     ids = (np.arange(prefix + max_k + 2) % 200 + 3).tolist()
-    target = engine.target
-    draft = engine.draft.decoder if engine.draft is not None else None
     target.reset()
     target.prefill(ids[:prefix])
     if draft is not None:
@@ -114,7 +156,7 @@ def measure_costs(engine: Engine, max_k: int, prefix: int = 64, repeats: int = 3
     verify_s = _smooth({n: float(np.median(t)) for n, t in plain.items()})
     if draft is None:
         return CostModel(verify_s=verify_s, draft_s=None)
-    engine.draft.reset()
+    draft.reset()
     return CostModel(verify_s=verify_s, draft_s=float(np.median(drafts)),
                      verify_after_draft_s=_smooth({n: float(np.median(t)) for n, t in after.items()}))
 

@@ -2,8 +2,8 @@
 ships it (the README's test command prepares it first; these tests fail, naming the command, where
 it has not run).
 
-Exactness contract on this model. Its int8 weights make a one-token pass compute differently from a
-multi-token pass (fp32 activations against int8). As served (consistent_passes auto), one-token
+Exactness contract on this model. A one-token pass computes differently from a multi-token pass
+(GroupQueryAttention's one-token path, amplified by int8 activation quantization). As served (consistent_passes auto), one-token
 steps run as two-row passes, and speculative greedy output equals target-only greedy output token
 for token. With consistent_passes off (the one-row kernel, as onnxruntime-genai runs it), it does
 except where the two pass shapes disagree at a near-tie; a difference counts as one only when it
@@ -24,7 +24,8 @@ import pytest
 from specops.bench import first_divergence, load_prompt_items, near_tie_margin, near_tie_refutation, prompt_text
 from specops.config import DEFAULT_MODEL, EMBEDDED_MODELS, Settings
 from specops.engine.sampling_params import SamplingParams
-from specops.loader import load_engine, local_folder
+from specops.engine.batch import Sequence
+from specops.loader import load_batch_engine, load_engine, local_folder
 from specops.prepare import CATALOG, RECORD, prepare, resolve_prepared
 from specops.runtime.model_folder import MANIFEST, ModelFolderError, file_sha256
 
@@ -198,3 +199,19 @@ def test_chat_answer_over_http():
         assert "Paris" in reply.json()["choices"][0]["message"]["content"]
     finally:
         assert server.stop() == 0
+
+
+def test_a_batch_of_four_equals_each_request_alone(real_engine):
+    """Continuous batching on the default model: requests of different lengths join at different
+    rounds; each one's greedy ids equal its target-only ids alone (rows two wide, as served)."""
+    batch = load_batch_engine(real_settings(max_batch=4))
+    assert batch.target.min_rows == 2
+    items = (load_prompt_items("copy_real")[:3] + load_prompt_items("chat_real")[:3])
+    ids = [real_engine.tokenizer.encode(prompt_text(item, real_engine.tokenizer)) for item in items]
+    for speculator in ("none", "ngram"):
+        params = [SamplingParams(max_new_tokens=24 + 12 * (i % 2), speculator=speculator, k_draft=6)
+                  for i in range(len(ids))]
+        results = batch.generate_all([Sequence(i, p) for i, p in zip(ids, params)], join_at=[0, 0, 0, 2, 5, 9])
+        for i, (res, p) in enumerate(zip(results, params)):
+            alone = real_engine.generate(ids[i], SamplingParams(max_new_tokens=p.max_new_tokens, speculator="none"))
+            assert res.token_ids == alone.token_ids, f"{speculator}: prompt {i}"

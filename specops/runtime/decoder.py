@@ -30,7 +30,9 @@ class SessionConfig:
     cpu_arena: bool = False
 
 
-def make_session(spec: ModelSpec, cfg: SessionConfig) -> ort.InferenceSession:
+def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None) -> ort.InferenceSession:
+    """A CPU session on the folder's model file, or on `graph` (a rewritten copy of it, see
+    graph.py) whose external data is read from the model's folder."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.intra_op_threads
     so.inter_op_num_threads = 1
@@ -39,8 +41,11 @@ def make_session(spec: ModelSpec, cfg: SessionConfig) -> ort.InferenceSession:
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
+    if graph is not None:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(spec.model_file.parent))
     try:
-        return ort.InferenceSession(str(spec.model_file), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(spec.model_file) if graph is None else graph, so,
+                                    providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types
         raise ModelFolderError(f"{spec.model_file}: onnxruntime cannot load it ({err})") from None
 
@@ -49,14 +54,16 @@ class Decoder:
     """A causal LM with its KV cache. `length` tokens are cached; `append` adds more."""
 
     def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), capacity: int | None = None,
-                 compact_after: int = 64):
+                 compact_after: int = 64, session: ort.InferenceSession | None = None):
+        """`session`: share another Decoder's session (its own cache; e.g. one draft per
+        sequence of a batch)."""
         self.spec = spec
         # Passes of fewer rows are padded to this many (shared-buffer layout only): where a
         # one-token pass computes differently from a multi-token one, every pass then runs the
         # same per-row arithmetic, and a one-token step gives bit for bit the logits and cache
         # entries a verify pass would (see `one_row_kernel_differs`).
         self.min_rows = 1
-        self.session = make_session(spec, cfg)
+        self.session = session or make_session(spec, cfg)
         self.capacity = min(capacity or spec.context_length, spec.context_length)
         self._check_io()
         self.compact_after = compact_after
@@ -149,22 +156,7 @@ class Decoder:
         return logits if all_logits else logits[-1:]
 
     def one_row_kernel_differs(self, tolerance: float = 1e-4) -> bool:
-        """Whether a one-token pass gives other logits than the same token in a two-token pass.
-        GroupQueryAttention takes another path for one token, whose output differs in the last
-        bits (1e-6); where the next MatMulNBits quantizes its activations (accuracy level 4)
-        that flips roundings and grows layer by layer (SmolLM2 int8: up to about 2 logits;
-        the small int4 target: 5e-6; a TinyLlama-shaped int4 model: 0.05). Beyond
-        `tolerance` of the logits' scale (random-weight models have logits in the hundreds).
-        Resets the cache."""
-        saved, self.min_rows = self.min_rows, 1
-        self.reset()
-        self.prefill(np.arange(16) % 200 + 3)
-        one = self.append([7])[0]
-        self.rewind(16)
-        two = self.append([7, 8])[0]
-        self.min_rows = saved
-        self.reset()
-        return float(np.abs(one - two).max()) > tolerance * max(1.0, float(np.abs(two).max()))
+        return one_token_pass_differs(self, tolerance)
 
     def _bind_logits(self, n: int) -> np.ndarray | None:
         """Small passes (decode, verify) write logits into a preallocated buffer; long ones
@@ -221,3 +213,22 @@ class Decoder:
         self._slot_valid[:] = 0
         self._slot_valid[:len(live)] = 1
         self._slots = len(live)
+
+
+def one_token_pass_differs(decoder, tolerance: float = 1e-4) -> bool:
+    """Whether a one-token pass gives other logits than the same token in a two-token pass.
+    GroupQueryAttention takes another path for one token, whose output differs in the last
+    bits (1e-6); where the next MatMulNBits quantizes its activations (accuracy level 4)
+    that flips roundings and grows layer by layer (SmolLM2 int8: up to about 2 logits;
+    the small int4 target: 5e-6; a TinyLlama-shaped int4 model: 0.05). Beyond
+    `tolerance` of the logits' scale (random-weight models have logits in the hundreds).
+    Resets the cache. `decoder`: a Decoder or anything with its interface."""
+    saved, decoder.min_rows = decoder.min_rows, 1
+    decoder.reset()
+    decoder.prefill(np.arange(16) % 200 + 3)
+    one = decoder.append([7])[0]
+    decoder.rewind(16)
+    two = decoder.append([7, 8])[0]
+    decoder.min_rows = saved
+    decoder.reset()
+    return float(np.abs(one - two).max()) > tolerance * max(1.0, float(np.abs(two).max()))

@@ -1,0 +1,257 @@
+"""Continuous batching: active sequences share every target pass.
+
+Each round every active sequence proposes from its own speculator state (n-gram lookup, or
+its own draft cache), the target verifies all proposals in ONE pass over the batch (rows padded
+to the widest; `BatchDecoder`), and each sequence accepts, commits and rewinds its own slot.
+A sequence joins at a round boundary (its prompt runs alone first) and leaves when it
+finishes or is cancelled; nobody waits for the longest request.
+
+How wide the round is: a pass over n sequences of width S computes n x S rows, so one long
+proposal makes every row pay for it. The round picks the width S that maximizes expected
+committed tokens per second over the whole batch,
+    sum_i E(a_i, min(k_i, S - 1)) / cost(n x S rows),
+where k_i is what sequence i has to offer, a_i the cost model's acceptance estimate for that
+kind of proposal and cost() the target's measured pass curve. With one sequence this is the
+single-sequence choice; as the batch widens, extra tokens cost more than they save and S
+falls towards 1 (plain decoding), the literature's finding for speculation under load.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..runtime.batch_decoder import BatchDecoder
+from ..runtime.tokenizer import TextTokenizer
+from ..speculators.base import Proposal
+from ..speculators.draft import DraftModelSpeculator
+from ..speculators.ngram import NgramSpeculator
+from .adaptive import CostModel, expected_tokens
+from .llm_engine import GenerationResult
+from .output import OnTokens, Output
+from .sampling import Sampler
+from .sampling_params import SamplingParams
+from .stats import GenerationStats
+from .stopping import StopCheck
+from .verify import accept_greedy, accept_sampled
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in the batch: its parameters, speculator state and output so far."""
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_tokens: OnTokens | None = None
+    cancelled: Callable[[], bool] | None = None
+    # set by the engine
+    slot: int = -1
+    result: GenerationResult | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    context: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    n: int = 0  # committed tokens in `context` (prompt included); the last one is pending
+    out: Output | None = None
+    sampler: Sampler | None = None
+    ngram: NgramSpeculator | None = None
+    draft: DraftModelSpeculator | None = None
+    started: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+
+class BatchEngine:
+    def __init__(self, target: BatchDecoder, tokenizer: TextTokenizer, cost: CostModel,
+                 make_draft: Callable[[], DraftModelSpeculator] | None = None, ngram_n: tuple[int, int] = (1, 4),
+                 prefill_chunk: int = 512):
+        self.target, self.tokenizer, self.cost = target, tokenizer, cost
+        self.make_draft, self.ngram_n, self.prefill_chunk = make_draft, ngram_n, prefill_chunk
+        self.eos_ids = frozenset(target.spec.eos_ids)
+        self.active: list[Sequence] = []  # active[i] holds slot i
+        self._drafts: list[DraftModelSpeculator] = []  # idle draft caches, reused
+
+    @property
+    def capacity(self) -> int:
+        return self.target.capacity
+
+    @property
+    def free(self) -> int:
+        return self.target.max_batch - len(self.active)
+
+    # -- joining and leaving --------------------------------------------------------------
+    def add(self, seq: Sequence) -> Sequence:
+        """Prefill `seq` into the next free slot and commit its first token (it may finish at
+        once). Raises ValueError for a request the engine cannot run."""
+        params = seq.params
+        if params.speculator in ("draft", "hybrid") and self.make_draft is None:
+            raise ValueError(f"speculator {params.speculator!r} needs a draft model, and none is loaded")
+        if not seq.prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(seq.prompt_ids) >= self.capacity:
+            raise ValueError(f"prompt has {len(seq.prompt_ids)} tokens; the context cap is {self.capacity}")
+        if not self.free:
+            raise RuntimeError("no free slot")
+        seq.started = time.perf_counter()
+        seq.stats = GenerationStats(speculator=params.speculator, prompt_tokens=len(seq.prompt_ids))
+        seq.sampler = None if params.greedy else Sampler(params)
+        seq.out = Output(self.tokenizer, StopCheck(self.eos_ids, params.max_new_tokens, tuple(params.stop)),
+                         seq.on_tokens)
+        seq.context = np.empty(len(seq.prompt_ids) + params.max_new_tokens + 1, np.int64)
+        seq.context[:len(seq.prompt_ids)] = seq.prompt_ids
+        seq.n = len(seq.prompt_ids)
+        seq.ngram = NgramSpeculator(*self.ngram_n) if params.speculator != "none" else None
+        if params.speculator in ("draft", "hybrid", "auto") and self.make_draft is not None:
+            seq.draft = self._drafts.pop() if self._drafts else self.make_draft()
+            seq.draft.reset()
+        seq.slot = len(self.active)
+        self.active.append(seq)
+        self.target.lengths[seq.slot] = 0
+        logits = self.target.prefill(seq.slot, seq.prompt_ids, self.prefill_chunk)
+        seq.stats.prefill_s = time.perf_counter() - seq.started
+        first = int(np.argmax(logits)) if seq.sampler is None else seq.sampler.draw(seq.sampler.probs(logits[None])[0])
+        self._commit(seq, [first])
+        self._reap()
+        return seq
+
+    def _commit(self, seq: Sequence, new: list[int]) -> None:
+        new, finish = seq.out.commit(new)
+        seq.context[seq.n:seq.n + len(new)] = new
+        seq.n += len(new)
+        seq.stats.ttft_s = seq.stats.ttft_s or time.perf_counter() - seq.started
+        if finish is None and seq.n >= self.capacity:
+            finish = "length"
+        if finish is not None:
+            self._finish(seq, finish)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        s = seq.stats
+        s.generated_tokens = len(seq.out.ids)
+        s.eos_committed = seq.out.eos_committed
+        s.total_s = time.perf_counter() - seq.started
+        seq.result = GenerationResult(seq.out.finish(), seq.out.ids, reason, s)
+
+    def _reap(self) -> list[Sequence]:
+        """Take finished sequences out; the last active slot moves into each freed one."""
+        done = [s for s in self.active if s.done]
+        for seq in done:
+            last = self.active[-1]
+            if last is not seq:
+                self.target.move(last.slot, seq.slot)
+                self.active[seq.slot] = last
+                last.slot = seq.slot
+            self.active.pop()
+            self.target.lengths[len(self.active)] = 0
+            if seq.draft is not None:
+                self._drafts.append(seq.draft)
+                seq.draft = None
+        return done
+
+    # -- one round for everyone -------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        """One round over every active sequence; returns the sequences that finished."""
+        for seq in self.active:
+            if seq.cancelled is not None and seq.cancelled():
+                self._finish(seq, "cancelled")
+        finished = self._reap()
+        if not self.active:
+            return finished
+        t0 = time.perf_counter()
+        proposals = [self._offer(seq) for seq in self.active]
+        width = self.choose_width(proposals)
+        proposals = [Proposal(p.ids[:width - 1], None if p.q is None else p.q[:width - 1], p.source,
+                              p.draft_passes, p.match, p.confidence, p.catchup) for p in proposals]
+        t1 = time.perf_counter()
+        rows = [[int(seq.context[seq.n - 1]), *p.ids.tolist()] for seq, p in zip(self.active, proposals)]
+        logits = self.target.forward(rows)
+        t2 = time.perf_counter()
+        n_rows = len(rows) * max(max(len(r) for r in rows), self.target.min_rows)
+        self.cost.observe_verify(n_rows, t2 - t1)
+        for seq, p, lg in zip(self.active, proposals, logits):
+            if seq.sampler is None:
+                j, nxt = accept_greedy(p.ids, lg.argmax(axis=-1))
+            else:
+                j, nxt = accept_sampled(p.ids, seq.sampler.probs(lg), p.q, seq.sampler.rng)
+            self.target.rewind(seq.slot, seq.n + j)  # keep pending + the j accepted rows
+            k = len(p.ids)
+            s = seq.stats
+            s.record_round(p.source, k, j)
+            s.draft_passes += p.draft_passes
+            s.draft_s += t1 - t0
+            s.verify_s += t2 - t1
+            if p.source and k:
+                self.cost.observe_round(p.key, k, j)
+            self._commit(seq, [*p.ids[:j].tolist(), nxt])
+        return finished + self._reap()
+
+    def _offer(self, seq: Sequence) -> Proposal:
+        """What the sequence could propose this round (the round's width may cut it)."""
+        params = seq.params
+        room = self.capacity - seq.n
+        k_max = max(min(params.k_draft, room - 1, params.max_new_tokens - len(seq.out.ids) - 1), 0)
+        if k_max == 0 or params.speculator == "none":
+            return Proposal.empty()
+        context = seq.context[:seq.n]
+        lookup = seq.ngram.propose(context, k_max) if seq.ngram is not None and params.speculator != "draft" \
+            else Proposal.empty()
+        if len(lookup.ids) and params.speculator in ("ngram", "hybrid", "auto"):
+            if params.speculator != "auto" or seq.draft is None:
+                return lookup
+            if self.cost.estimate(lookup.key) >= self.cost.estimate("draft"):
+                return lookup
+        if seq.draft is not None and params.speculator in ("draft", "hybrid", "auto"):
+            # the draft writes what the batch's width could use at most; choose_width cuts it
+            return seq.draft.propose(context, min(k_max, self._draft_budget()), seq.sampler)
+        return lookup
+
+    def _draft_budget(self) -> int:
+        """Longest draft proposal worth writing in a batch of the current size (each extra
+        token costs a draft pass and widens every row)."""
+        n = len(self.active)
+        a = self.cost.estimate("draft")
+        best, best_rate = 0, 1.0 / self.rows_cost(n * max(1, self.target.min_rows))
+        for k in range(1, 17):
+            rate = (n - 1 + expected_tokens(a, k)) / (self.rows_cost(n * max(k + 1, self.target.min_rows))
+                                                    + k * (self.cost.draft_s or 0.0))
+            if rate > best_rate:
+                best, best_rate = k, rate
+        return best
+
+    def rows_cost(self, rows: int) -> float:
+        """Seconds of one target pass over `rows` rows: the measured table, extended linearly
+        past its end by its last step."""
+        table = self.cost.verify_s
+        scale = self.cost.scale[False].value
+        if rows <= len(table):
+            return table[rows - 1] * scale
+        step = (table[-1] - table[-2]) if len(table) > 1 else table[-1]
+        return (table[-1] + step * (rows - len(table))) * scale
+
+    def choose_width(self, proposals: list[Proposal]) -> int:
+        """The round's row width S (>= 1): the best expected tokens per second over the batch.
+        A request with adaptive_k off keeps its whole proposal (benchmarks, tests)."""
+        n = len(proposals)
+        fixed = max((len(p.ids) + 1 for p, s in zip(proposals, self.active) if not s.params.adaptive_k
+                     and s.params.speculator != "auto"), default=1)
+        longest = max(len(p.ids) for p in proposals) + 1
+        rates = []
+        for width in range(fixed, longest + 1):
+            expected = sum(expected_tokens(self.cost.estimate(p.key), min(len(p.ids), width - 1)) if len(p.ids) else 1.0
+                           for p in proposals)
+            rates.append((expected / self.rows_cost(n * max(width, self.target.min_rows)), width))
+        return max(rates)[1]
+
+    # -- whole generations (tests, benchmarks) ---------------------------------------------
+    def generate_all(self, sequences: list[Sequence], join_at: list[int] | None = None) -> list[GenerationResult]:
+        """Run `sequences` to the end, sequence i joining at round join_at[i] (default: as
+        soon as a slot is free, in order)."""
+        join_at = join_at or [0] * len(sequences)
+        waiting = sorted(range(len(sequences)), key=lambda i: join_at[i])
+        rounds = 0
+        while waiting or self.active:
+            while waiting and self.free and join_at[waiting[0]] <= rounds:
+                self.add(sequences[waiting.pop(0)])
+            self.step()
+            rounds += 1
+        return [s.result for s in sequences]

@@ -1,0 +1,150 @@
+"""The target for continuous batching: one session, a KV cache of `max_batch` slots.
+
+Builder layout only (GroupQueryAttention with one buffer for past and present): each layer's
+cache is one [max_batch, kv_heads, capacity, head_dim] array. A pass runs the active slots,
+which are always slots 0..n-1 (a finishing sequence's slot is refilled by moving the last one's
+cache into it), as one batch of n rows padded to the longest row; `query_seqlens` (graph.py)
+tells attention how many tokens of each row are real, and the attention mask's row lengths
+where each slot's cache ends. A slot's prompt runs alone, through a view of that slot's part
+of the buffers (no copy).
+
+Rows padded past their real tokens write cache entries beyond the slot's length, which the
+next pass overwrites, as `Decoder`'s padding does; `min_rows` plays the same part
+(`Decoder.one_row_kernel_differs`): every row then runs at least two tokens wide.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from .decoder import SessionConfig, make_session, one_token_pass_differs
+from .graph import QUERY_SEQLENS, with_query_seqlens
+from .model_folder import ModelFolderError, ModelSpec
+
+
+class BatchDecoder:
+    def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), max_batch: int = 4,
+                 capacity: int | None = None):
+        if not spec.share_past_present or spec.layout != "builder":
+            raise ModelFolderError(f"{spec.model_file}: batching needs a builder export with a shared KV buffer")
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.spec, self.max_batch = spec, max_batch
+        try:
+            graph = with_query_seqlens(spec.model_file)
+        except ValueError as err:
+            raise ModelFolderError(str(err)) from None
+        self.session = make_session(spec, cfg, graph)
+        self.capacity = min(capacity or spec.context_length, spec.context_length)
+        self.min_rows = 1
+        out = next(o for o in self.session.get_outputs() if o.name == spec.logits)
+        self.vocab_size = out.shape[-1] if isinstance(out.shape[-1], int) else spec.vocab_size
+        kv_type = next(i.type for i in self.session.get_inputs() if i.name == spec.past_key % 0)
+        dtype = np.float16 if kv_type == "tensor(float16)" else np.float32
+        shape = (max_batch, spec.kv_heads, self.capacity, spec.head_dim)
+        self._kv = [(np.zeros(shape, dtype), np.zeros(shape, dtype)) for _ in range(spec.num_layers)]
+        self._views: dict[tuple[int, int], list[tuple[ort.OrtValue, ort.OrtValue]]] = {}
+        self.lengths = np.zeros(max_batch, np.int64)  # cached tokens per slot
+
+    # -- cache ------------------------------------------------------------------------------
+    def rewind(self, slot: int, length: int) -> None:
+        if not 0 <= length <= self.lengths[slot]:
+            raise ValueError(f"cannot rewind slot {slot} to {length}: it holds {self.lengths[slot]}")
+        self.lengths[slot] = length
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot `src`'s cache into slot `dst` (its live part only); `src` becomes empty."""
+        n = int(self.lengths[src])
+        for k, v in self._kv:
+            k[dst, :, :n] = k[src, :, :n]
+            v[dst, :, :n] = v[src, :, :n]
+        self.lengths[dst], self.lengths[src] = n, 0
+
+    def _range(self, start: int, stop: int) -> list[tuple[ort.OrtValue, ort.OrtValue]]:
+        """OrtValues over slots start..stop-1 of every layer's buffers (views, no copy)."""
+        if (start, stop) not in self._views:
+            self._views[start, stop] = [(ort.OrtValue.ortvalue_from_numpy(k[start:stop]),
+                                         ort.OrtValue.ortvalue_from_numpy(v[start:stop])) for k, v in self._kv]
+        return self._views[start, stop]
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(self, rows: list[list[int]], start: int = 0) -> list[np.ndarray]:
+        """Run rows[i] (the next tokens of slot start + i) in one pass; returns each row's
+        logits [len(rows[i]), vocab] (views of one output array, valid until the next pass)."""
+        n = len(rows)
+        if n == 0 or start + n > self.max_batch or any(len(r) == 0 for r in rows):
+            raise ValueError("forward needs 1..max_batch non-empty rows")
+        slots = np.arange(start, start + n)
+        real = np.array([len(r) for r in rows])
+        lengths = self.lengths[slots]
+        if (lengths + real > self.capacity).any():
+            raise OverflowError(f"context full: a row needs more than the {self.capacity}-token cache")
+        # padding stays inside the cache; a row at the very end runs with its real tokens only
+        width = np.where(lengths + self.min_rows <= self.capacity, np.maximum(real, self.min_rows), real)
+        seq = int(width.max())
+        ids = np.empty((n, seq), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            ids[i, len(r):] = r[-1]
+        ends = lengths + width
+        mask = (np.arange(int(ends.max()))[None, :] < ends[:, None]).astype(np.int64)
+        io = self.session.io_binding()
+        io.bind_output(self.spec.logits, "cpu")
+        io.bind_cpu_input(self.spec.input_ids, ids)
+        io.bind_cpu_input(self.spec.attention_mask, mask)
+        io.bind_cpu_input(QUERY_SEQLENS, width.astype(np.int32))
+        for i, (k, v) in enumerate(self._range(start, start + n)):
+            io.bind_ortvalue_input(self.spec.past_key % i, k)
+            io.bind_ortvalue_input(self.spec.past_value % i, v)
+            io.bind_ortvalue_output(self.spec.present_key % i, k)
+            io.bind_ortvalue_output(self.spec.present_value % i, v)
+        self.session.run_with_iobinding(io)
+        logits = io.get_outputs()[0].numpy()
+        self.lengths[slots] += real
+        return [logits[i, :real[i]] for i in range(n)]
+
+    def prefill(self, slot: int, ids, chunk: int = 512) -> np.ndarray:
+        """Append a prompt to one slot, alone, in chunks; its last logits [vocab]."""
+        ids = [int(t) for t in ids]
+        logits = None
+        for begin in range(0, len(ids), chunk):
+            logits = self.forward([ids[begin:begin + chunk]], start=slot)[0]
+        return logits[-1]
+
+
+class SlotDecoder:
+    """One slot of a BatchDecoder behind `Decoder`'s interface, so that everything written for
+    one sequence (the engine, cost calibration) runs on the batch's session and cache."""
+
+    def __init__(self, batch: BatchDecoder, slot: int = 0):
+        self.batch, self.slot = batch, slot
+        self.spec, self.capacity, self.vocab_size = batch.spec, batch.capacity, batch.vocab_size
+
+    @property
+    def length(self) -> int:
+        return int(self.batch.lengths[self.slot])
+
+    @property
+    def min_rows(self) -> int:
+        return self.batch.min_rows
+
+    @min_rows.setter
+    def min_rows(self, value: int) -> None:
+        self.batch.min_rows = value
+
+    def reset(self) -> None:
+        self.batch.lengths[self.slot] = 0
+
+    def append(self, ids, all_logits: bool = True, copy: bool = True) -> np.ndarray:
+        logits = self.batch.forward([[int(t) for t in np.asarray(ids).reshape(-1)]], start=self.slot)[0]
+        logits = logits if all_logits else logits[-1:]
+        return logits.copy() if copy else logits
+
+    def prefill(self, ids, chunk: int = 512) -> np.ndarray:
+        return self.batch.prefill(self.slot, ids, chunk)
+
+    def rewind(self, length: int) -> None:
+        self.batch.rewind(self.slot, length)
+
+    def one_row_kernel_differs(self, tolerance: float = 1e-4) -> bool:
+        return one_token_pass_differs(self, tolerance)
