@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .decoder import SessionConfig, make_session, one_token_pass_differs
-from .graph import QUERY_SEQLENS, with_query_seqlens
+from .graph import LOGITS_TO_KEEP, QUERY_SEQLENS, for_batching
 from .model_folder import ModelFolderError, ModelSpec
 
 
@@ -31,7 +31,7 @@ class BatchDecoder:
             raise ValueError("max_batch must be >= 1")
         self.spec, self.max_batch = spec, max_batch
         try:
-            graph = with_query_seqlens(spec.model_file)
+            graph = for_batching(spec.model_file, spec.logits)
         except ValueError as err:
             raise ModelFolderError(str(err)) from None
         self.session = make_session(spec, cfg, graph)
@@ -68,9 +68,10 @@ class BatchDecoder:
         return self._views[start, stop]
 
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, rows: list[list[int]], start: int = 0) -> list[np.ndarray]:
+    def forward(self, rows: list[list[int]], start: int = 0, last_only: bool = False) -> list[np.ndarray]:
         """Run rows[i] (the next tokens of slot start + i) in one pass; returns each row's
-        logits [len(rows[i]), vocab] (views of one output array, valid until the next pass)."""
+        logits [len(rows[i]), vocab], or [1, vocab] for its last token with `last_only` (the LM
+        head then runs on those positions only); views of one output, valid until the next pass."""
         n = len(rows)
         if n == 0 or start + n > self.max_batch or any(len(r) == 0 for r in rows):
             raise ValueError("forward needs 1..max_batch non-empty rows")
@@ -93,6 +94,9 @@ class BatchDecoder:
         io.bind_cpu_input(self.spec.input_ids, ids)
         io.bind_cpu_input(self.spec.attention_mask, mask)
         io.bind_cpu_input(QUERY_SEQLENS, width.astype(np.int32))
+        # positions kept for the LM head: from the earliest last-real-token on (last_only), or all
+        keep = seq - int(real.min()) + 1 if last_only else seq
+        io.bind_cpu_input(LOGITS_TO_KEEP, np.array([keep], np.int64))
         for i, (k, v) in enumerate(self._range(start, start + n)):
             io.bind_ortvalue_input(self.spec.past_key % i, k)
             io.bind_ortvalue_input(self.spec.past_value % i, v)
@@ -101,6 +105,8 @@ class BatchDecoder:
         self.session.run_with_iobinding(io)
         logits = io.get_outputs()[0].numpy()
         self.lengths[slots] += real
+        if last_only:  # row i's last real token sits at kept position real[i] - 1 - (seq - keep)
+            return [logits[i, real[i] - 1 - (seq - keep)][None] for i in range(n)]
         return [logits[i, :real[i]] for i in range(n)]
 
     def prefill(self, slot: int, ids, chunk: int = 512) -> np.ndarray:
@@ -108,7 +114,7 @@ class BatchDecoder:
         ids = [int(t) for t in ids]
         logits = None
         for begin in range(0, len(ids), chunk):
-            logits = self.forward([ids[begin:begin + chunk]], start=slot)[0]
+            logits = self.forward([ids[begin:begin + chunk]], start=slot, last_only=True)[0]
         return logits[-1]
 
 
@@ -136,8 +142,8 @@ class SlotDecoder:
         self.batch.lengths[self.slot] = 0
 
     def append(self, ids, all_logits: bool = True, copy: bool = True) -> np.ndarray:
-        logits = self.batch.forward([[int(t) for t in np.asarray(ids).reshape(-1)]], start=self.slot)[0]
-        logits = logits if all_logits else logits[-1:]
+        logits = self.batch.forward([[int(t) for t in np.asarray(ids).reshape(-1)]], start=self.slot,
+                                    last_only=not all_logits)[0]
         return logits.copy() if copy else logits
 
     def prefill(self, ids, chunk: int = 512) -> np.ndarray:
