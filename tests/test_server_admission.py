@@ -31,7 +31,9 @@ def _queue_depth(base_url: str) -> int:
 
 def test_full_queue_429_then_queue_timeout_503(server):
     base = server.base_url
-    body = {"prompt": long_prompt(base, headers=AUTH), "max_new_tokens": 2048, "speculator": "none", "stream": True}
+    cap = server.health().json()["models"]["context_cap"]  # the prompt needs room too (else 413)
+    body = {"prompt": long_prompt(base, headers=AUTH), "max_new_tokens": min(2048, cap - 64), "speculator": "none",
+            "stream": True}
     with cf.ThreadPoolExecutor(1) as pool, httpx.Client(timeout=60, headers=AUTH) as c:
         with c.stream("POST", base + "/generate", json=body) as running:
             assert running.status_code == 200
@@ -83,3 +85,23 @@ def test_draft_speculator_without_draft_model_is_refused(server):
     r = httpx.post(server.base_url + "/generate", headers=AUTH,
                    json={"prompt": "x", "max_new_tokens": 4, "speculator": "draft"})
     assert r.status_code == 422 and "draft model" in r.json()["error"]["message"]
+
+
+def test_schema_states_what_this_server_takes(server):
+    """No draft model: `draft` and `hybrid` are not in the speculator enum; every path but health
+    and metrics declares the bearer key."""
+    schema = httpx.get(server.base_url + "/openapi.json", headers=AUTH).json()
+    speculator = schema["components"]["schemas"]["GenerateRequest"]["properties"]["speculator"]["anyOf"][0]
+    assert speculator["enum"] == ["none", "ngram", "auto"]
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            assert ("security" in operation) == (path not in ("/health", "/health/live", "/metrics")), path
+
+
+def test_the_key_is_never_logged(server):
+    for header in (f"Bearer {KEY}", "Bearer not-the-key-4711"):
+        httpx.post(server.base_url + "/generate", headers={"Authorization": header},
+                   json={"prompt": "x", "max_new_tokens": 2})
+    log = server.log()
+    assert KEY not in log and "not-the-key-4711" not in log

@@ -166,9 +166,10 @@ def test_eight_identical_greedy_requests_agree(server):
 # -- disconnects ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def long_body(server, client):
-    """A greedy target-only request that would run for seconds: up to the context cap."""
+    """A greedy target-only request that would run for seconds: up to the context cap (less room
+    for the prompt, or it is refused with 413)."""
     cap = client.get("/health").json()["models"]["context_cap"]
-    return {"prompt": long_prompt(server.base_url), "max_new_tokens": min(2048, cap), "speculator": "none"}
+    return {"prompt": long_prompt(server.base_url), "max_new_tokens": min(2048, cap - 64), "speculator": "none"}
 
 
 def _wait_for(predicate, timeout=10.0):

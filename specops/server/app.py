@@ -99,7 +99,9 @@ class BodyLimit:
         body = error_body(f"the request body is {'over ' if at_least else ''}{size} bytes; the limit is "
                           f"{self.max_bytes} bytes (max_body_bytes): send a shorter prompt, or raise "
                           "SPECOPS_MAX_BODY_BYTES", "invalid_request_error", code="body_too_large")
-        await JSONResponse(body, 413, {"Connection": "close"})(scope, receive, send)
+        # no `Connection: close`: uvicorn reads and drops the rest of the body, so the client gets
+        # this answer rather than a connection reset
+        await JSONResponse(body, 413)(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -161,7 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service.stop()
 
     app = FastAPI(title="SpecOps", version="0.1.0", lifespan=lifespan,
-                  description="Speculative-decoding LLM inference on ONNX Runtime (CPU).")
+                  description="Speculative-decoding LLM inference on ONNX Runtime (CPU). Limits marked "
+                              "`x-limit` are the settings' and, once the model is ready, the loaded model's.")
     app.state.service = service
     app.include_router(routes.router)
     app.include_router(openai_routes.router)

@@ -12,11 +12,11 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .schemas import PROMPT_LIMITS, Int, NewTokens, SamplingFields, Unsupported, limit
+from .schemas import PROMPT_LIMITS, Integer, NewTokens, SamplingFields, Unsupported, limit
 
 STRICT = ConfigDict(strict=True)
 
-TokenId = Annotated[Int, Field(ge=0, json_schema_extra=limit("token_id"))]
+TokenId = Integer(ge=0, json_schema_extra=limit("token_id"))
 Prompt = Union[
     Annotated[str, Field(min_length=1)],
     Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)],
@@ -33,7 +33,7 @@ class OpenAIFields(SamplingFields):
     model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra={"description": PROMPT_LIMITS})
     model: Optional[str] = Field(None, description="must be the served model id when given (else 404)")
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="default 1.0 as in OpenAI; 0 = greedy")
-    n: Int = Field(1, ge=1, le=1, description="one choice per request (batch 1)")
+    n: Integer(ge=1, le=1) = Field(1, description="one choice per request (batch 1)")
     stream_options: Optional[StreamOptions] = None
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: must be 0")
     frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="not supported: must be 0")

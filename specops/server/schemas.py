@@ -28,9 +28,14 @@ def _whole_number(value):
     return int(value) if type(value) is float and value.is_integer() else value
 
 
-Int = Annotated[int, BeforeValidator(_whole_number)]
+def Integer(**limits):  # noqa: N802 (a type)
+    """An integer type with Field limits (ge, le, json_schema_extra); a whole float is taken as
+    its integer (the limits sit inside the conversion, so the schema keeps them)."""
+    return Annotated[int, Field(**limits), BeforeValidator(_whole_number)]
+
+
 Speculator = Annotated[Literal[SPECULATORS], Field(json_schema_extra=limit("speculators"))]  # type: ignore[valid-type]
-NewTokens = Annotated[Int, Field(ge=1, json_schema_extra=limit("max_new_tokens"))]
+NewTokens = Integer(ge=1, json_schema_extra=limit("max_new_tokens"))
 StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 Stop = Optional[Union[StopString, Annotated[list[StopString], Field(max_length=MAX_STOP)]]]
 
@@ -52,18 +57,19 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(strict=True)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="0 = greedy")
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
-    top_k: Optional[Int] = Field(None, ge=0, description="0 = off")
-    seed: Optional[Int] = Field(None, ge=0, description="seed of the sampler (sampling only)")
+    top_k: Optional[Integer(ge=0)] = Field(None, description="0 = off")
+    seed: Optional[Integer(ge=0)] = Field(None, description="seed of the sampler (sampling only)")
     stop: Stop = Field(None, description=f"stop string(s): at most {MAX_STOP}, each 1..{MAX_STOP_CHARS} characters")
     speculator: Optional[Speculator] = Field(None, description="default: the server's setting; `draft` and "
                                              "`hybrid` only with a draft model loaded")
-    k_draft: Optional[Int] = Field(None, ge=0, le=MAX_K_DRAFT, description="upper bound on proposals per round")
+    k_draft: Optional[Integer(ge=0, le=MAX_K_DRAFT)] = Field(None, description="upper bound on proposals per round")
     stream: bool = Field(False, description="answer with Server-Sent Events")
 
 
 PROMPT_LIMITS = ("Limits that depend on tokenization: the prompt must tokenize to at least 1 token (422 "
                  "`empty_prompt`), and prompt tokens + the token budget must fit the context cap (413 "
-                 "`context_length_exceeded`, naming both counts). Lone surrogates in text become U+FFFD.")
+                 "`context_length_exceeded`, naming both counts). Text must be Unicode: a lone surrogate escape "
+                 "(`\\ud800`) is a 422.")
 
 
 class GenerateRequest(SamplingFields):

@@ -4,8 +4,9 @@ Checks the limits that depend on settings and on the loaded model, each the valu
 /openapi.json states (contract.py): max_new_tokens within 1..min(max_new_tokens_limit,
 context cap - 1), a speculator the loaded models can run, token ids below the vocabulary
 size. Then the limits that depend on tokenization, which no schema can state: a prompt that
-tokenizes to at least 1 token (422), and prompt + token budget within the context cap (413). Static limits (types, k_draft 0..16, stop strings, ...) are already
-enforced by the schemas. Every refusal names the field and the limit, and what to change.
+tokenizes to at least 1 token (422), and prompt + token budget within the context cap (413).
+Static limits (types, k_draft 0..16, stop strings, ...) are already enforced by the schemas.
+Every refusal names the field and the limit, and what to change.
 """
 from __future__ import annotations
 
@@ -54,16 +55,6 @@ def check_speculator(req: SamplingFields, settings: Settings, engine: Engine) ->
         raise InvalidRequest(f"speculator: {speculator!r} needs a draft model and none is loaded "
                              "(use none, ngram or auto)", param="speculator", code="invalid_value")
     return speculator
-
-
-def clean_text(text: str) -> str:
-    """JSON strings may carry lone surrogates (`"\\ud800"`), which are not Unicode text and which
-    the tokenizer cannot take: each becomes U+FFFD, as a UTF-8 decoder does with a bad byte."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def check_prompt_ids(ids: list[int], engine: Engine, field: str = "prompt") -> list[int]:
@@ -120,7 +111,7 @@ def validate(req: SamplingFields, prompt: str | list[int], max_new_tokens: int |
              prompt_field: str = "prompt") -> ValidRequest:
     budget = check_max_new_tokens(max_new_tokens, settings, engine.capacity, budget_field)
     speculator = check_speculator(req, settings, engine)
-    ids = engine.tokenizer.encode(clean_text(prompt)) if isinstance(prompt, str) else list(prompt)
+    ids = engine.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     ids = check_prompt_ids(ids, engine, prompt_field)
     budget = fit_context(len(ids), budget, settings, engine.capacity, budget_field, prompt_field)
     params = sampling_params(req, budget, speculator, settings, default_temperature)
