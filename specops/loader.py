@@ -60,11 +60,19 @@ def _consistent(settings: Settings, target) -> bool:
                                                   and target.one_row_kernel_differs())
 
 
+def _single_target(spec: ModelSpec, cfg: SessionConfig, capacity: int | None) -> Decoder | SlotDecoder:
+    """One sequence's target: a builder export runs on the batch decoder's graph (one slot), whose
+    LM head skips the prompt positions whose logits nobody reads; other layouts on `Decoder`."""
+    if spec.layout == "builder" and spec.share_past_present:
+        return SlotDecoder(BatchDecoder(spec, cfg, 1, capacity))
+    return Decoder(spec, cfg, capacity)
+
+
 def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True) -> Engine:
     paths = paths or local_paths(settings)
     cap = settings.context_length or None
     target_spec = read_model_folder(paths.target, settings.verify_checksums)
-    target = Decoder(target_spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning), cap)
+    target = _single_target(target_spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning), cap)
     if _consistent(settings, target):
         target.min_rows = 2
     tokenizer = TextTokenizer(paths.target_tokenizer)
