@@ -5,7 +5,8 @@ Resident bytes, in steady state (DESIGN.md section 3):
     weights (target + draft)                     mapped external data, or the heap copy
                                                  MatMulNBits / MatMul repack into at load
     + KV cache   = cap * layers * 2 * kv_heads * head_dim * 4 B   per model (x2 for a concat
-                                                 cache: past and present coexist during a pass)
+                                                 cache: past and present coexist during a pass),
+                   x max_batch: every batched sequence has its own slot (and draft cache)
     + prefill scratch = max over models of one chunk's attention scores
                         (heads * chunk * cap * 4 B) and activations (chunk * (vocab + ...) * 4 B)
     + runtime overhead (Python, onnxruntime, tokenizers, server; a setting)
@@ -13,7 +14,9 @@ Resident bytes, in steady state (DESIGN.md section 3):
 and at load, before any cache is touched, a model that is not prepacked holds its mapped
 originals *and* the heap copy: 2x its weights (Phi-3 int4: 5.4 GB for 2.7 GB of weights).
 The plan must fit both. Figures are estimates with known inputs, shown in /health and the log;
-the largest context cap that fits is searched for, since KV and scratch grow with it.
+the largest context cap that fits is searched for, since KV and scratch grow with it. With
+continuous batching the batch is lowered first (largest that fits at the requested cap), and the
+cap only when one sequence does not fit.
 
 Pure functions on `ModelFigures`, plus small readers: the cgroup limit, and a model folder's
 file sizes and config (`figures_from_spec`). No onnxruntime here (decoder.py owns it).
@@ -85,6 +88,8 @@ class MemoryPlan:
     load_peak_bytes: int
     lowered: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    max_batch: int = 1  # sequences whose caches the plan holds
+    requested_batch: int = 1
 
     @property
     def steady_bytes(self) -> int:
@@ -105,15 +110,18 @@ class MemoryPlan:
                 "steady_mib": mib(self.steady_bytes), "load_peak_mib": mib(self.load_peak_bytes),
                 "context_cap": self.context_cap, "requested_context": self.requested_context,
                 "lowered": self.lowered, "prefill_chunk": self.prefill_chunk,
+                "max_batch": self.max_batch, "requested_batch": self.requested_batch,
                 "items_mib": {k: mib(v) for k, v in self.items.items()}, "notes": list(self.notes)}
 
     def summary(self) -> str:
         """One log line."""
         limit = "no limit" if self.limit_bytes is None else f"{self.limit_bytes / MiB:.0f} MiB"
         lowered = f" (lowered from {self.requested_context})" if self.lowered else ""
+        batch = (f"batch {self.max_batch}" + (f" (lowered from {self.requested_batch})"
+                                               if self.max_batch < self.requested_batch else "") + "; ")
         return (f"memory plan: need {self.need_bytes / MiB:.0f} MiB of {limit} (steady "
                 f"{self.steady_bytes / MiB:.0f}, load peak {self.load_peak_bytes / MiB:.0f}); "
-                f"context cap {self.context_cap}{lowered}; " + ", ".join(
+                f"context cap {self.context_cap}{lowered}; {batch}" + ", ".join(
                     f"{k} {v / MiB:.0f}" for k, v in self.items.items()))
 
     def __str__(self) -> str:
@@ -128,11 +136,13 @@ class MemoryPlan:
 
 def plan_memory(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes: int | None,
                 context_cap: int, prefill_chunk: int, overhead_bytes: int,
-                requested_context: int | None = None, notes: tuple[str, ...] = ()) -> MemoryPlan:
-    """The plan for one context cap (no verdict logic: see `fits`, `choose_plan`)."""
+                requested_context: int | None = None, notes: tuple[str, ...] = (), batch: int = 1,
+                requested_batch: int | None = None) -> MemoryPlan:
+    """The plan for one context cap and batch (no verdict logic: see `fits`, `choose_plan`)."""
     models = [m for m in (target, draft) if m is not None]
     items = {f"{m.name} weights": m.weight_bytes for m in models}
-    items |= {f"{m.name} KV cache": kv_cache_bytes(m, context_cap) for m in models}
+    times = f" x {batch}" if batch > 1 else ""
+    items |= {f"{m.name} KV cache{times}": kv_cache_bytes(m, context_cap) * batch for m in models}
     items["prefill scratch"] = max(prefill_scratch_bytes(m, prefill_chunk, context_cap) for m in models)
     items["runtime overhead"] = overhead_bytes
     # Loading goes target, then draft; caches are allocated lazily (calloc), so untouched then.
@@ -142,7 +152,7 @@ def plan_memory(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes
         peak = max(peak, resident + m.weight_bytes + m.load_extra_bytes)
         resident += m.weight_bytes
     return MemoryPlan(limit_bytes, context_cap, requested_context or context_cap, prefill_chunk, items, peak,
-                      notes=notes)
+                      notes=notes, max_batch=batch, requested_batch=requested_batch or batch)
 
 
 def largest_context_cap(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes: int,
@@ -162,14 +172,28 @@ def largest_context_cap(target: ModelFigures, draft: ModelFigures | None, *, lim
 
 def choose_plan(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes: int | None,
                 requested_context: int, prefill_chunk: int, overhead_bytes: int, auto_cap: bool = True,
-                min_context: int = 256, notes: tuple[str, ...] = ()) -> MemoryPlan:
-    """The plan at the requested cap if it fits; else, when `auto_cap`, at the largest cap that
-    fits (>= `min_context`); else BudgetError with the numbers and what would help."""
+                min_context: int = 256, notes: tuple[str, ...] = (), batch: int = 1) -> MemoryPlan:
+    """The plan at the requested cap and batch if it fits; else at the largest batch that fits
+    at that cap (with a note saying why); else, one sequence, when `auto_cap`, at the largest
+    cap that fits (>= `min_context`); else BudgetError with the numbers and what would help."""
     args = dict(prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes, notes=notes)
     plan = plan_memory(target, draft, limit_bytes=limit_bytes, context_cap=requested_context,
-                       requested_context=requested_context, **args)
+                       requested_context=requested_context, batch=batch, **args)
     if plan.fits:
         return plan
+    for smaller in range(batch - 1, 0, -1):
+        lowered = plan_memory(target, draft, limit_bytes=limit_bytes, context_cap=requested_context,
+                              requested_context=requested_context, batch=smaller, requested_batch=batch, **args)
+        if lowered.fits:
+            why = (f"max_batch lowered from {batch} to {smaller}: {batch} sequences' caches at context cap "
+                   f"{requested_context} need {plan.need_bytes / MiB:.0f} MiB, over the {limit_bytes / MiB:.0f} MiB "
+                   "limit (lower SPECOPS_CONTEXT_LENGTH to batch more)")
+            return replace(lowered, notes=lowered.notes + (why,))
+    if batch > 1:  # not even one sequence at this cap: plan for one, lowering the cap
+        notes = notes + (f"max_batch lowered from {batch} to 1: no batch fits at context cap {requested_context}",)
+        return replace(choose_plan(target, draft, limit_bytes=limit_bytes, requested_context=requested_context,
+                                   prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes, auto_cap=auto_cap,
+                                   min_context=min_context, notes=notes), requested_batch=batch)
     cap = largest_context_cap(target, draft, limit_bytes=limit_bytes, prefill_chunk=prefill_chunk,
                               overhead_bytes=overhead_bytes) if auto_cap else 0
     if auto_cap and cap >= min_context:
@@ -280,7 +304,7 @@ def figures_from_spec(spec, name: str) -> tuple[ModelFigures, str | None]:
 def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/sys/fs/cgroup")) -> MemoryPlan:
     """The start-up memory check. Call it after reading the model folders, before opening sessions.
 
-    - settings: `specops.config.Settings`; reads context_length (0 = the target's own),
+    - settings: `specops.config.Settings`; reads max_batch, context_length (0 = the target's own),
       prefill_chunk, memory_limit_bytes (0 = the cgroup's memory.max), memory_overhead_bytes,
       memory_auto_context_cap and memory_min_context.
     - target_spec, draft_spec: `ModelSpec`s from `read_model_folder`; draft_spec None = no draft.
@@ -303,4 +327,4 @@ def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/
                                              target.context_length),
                        prefill_chunk=settings.prefill_chunk, overhead_bytes=settings.memory_overhead_bytes,
                        auto_cap=settings.memory_auto_context_cap, min_context=settings.memory_min_context,
-                       notes=notes)
+                       notes=notes, batch=settings.max_batch)

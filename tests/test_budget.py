@@ -168,3 +168,22 @@ def test_a_prepack_marker_counts_mapped_weights_only_when_it_matches_this_machin
     (folder / PREPACKED_MARKER).write_text(json.dumps({**marker, "onnxruntime": "0.0.1"}))
     stale, note = figures_from_spec(moved, "target")
     assert stale.load_extra_bytes == 1234 and "prepack again" in note
+
+
+def test_a_batch_that_cannot_fit_is_lowered_with_the_reason():
+    """Phi-3 int4 in 4Gi at a 512-token cap: 384 MiB of KV per sequence; 8 do not fit, 2 do."""
+    plan = choose_plan(PHI3, None, limit_bytes=LIMIT, requested_context=512, batch=8, **KNOBS)
+    assert plan.fits and plan.context_cap == 512 and plan.requested_batch == 8
+    assert 1 < plan.max_batch < 8
+    assert not plan_memory(PHI3, None, limit_bytes=LIMIT, context_cap=512, batch=plan.max_batch + 1, **KNOBS).fits
+    assert any(f"max_batch lowered from 8 to {plan.max_batch}" in n for n in plan.notes)
+    assert plan.items[f"target KV cache x {plan.max_batch}"] == plan.max_batch * kv_cache_bytes(PHI3, 512)
+    assert plan.to_dict()["max_batch"] == plan.max_batch
+
+
+def test_a_batch_that_fits_is_kept_and_one_sequence_that_does_not_lowers_the_cap():
+    plan = choose_plan(replace(PHI3, weight_bytes=GB), None, limit_bytes=LIMIT, requested_context=512, batch=4, **KNOBS)
+    assert plan.max_batch == 4 and not plan.lowered
+    single = choose_plan(PHI3, None, limit_bytes=LIMIT, requested_context=4096, batch=4, **KNOBS)
+    assert single.max_batch == 1 and single.lowered and single.context_cap < 4096
+    assert any("no batch fits" in n for n in single.notes)

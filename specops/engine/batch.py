@@ -71,6 +71,12 @@ class BatchEngine:
         self.eos_ids = frozenset(target.spec.eos_ids)
         self.active: list[Sequence] = []  # active[i] holds slot i
         self._drafts: list[DraftModelSpeculator] = []  # idle draft caches, reused
+        self.last_pass = (0, 0)  # (sequences, rows) of the latest decoding pass, for metrics
+
+    @property
+    def draft(self):
+        """Not None when a draft model is loaded (as `Engine.draft`)."""
+        return self.make_draft
 
     @property
     def capacity(self) -> int:
@@ -168,6 +174,7 @@ class BatchEngine:
         t2 = time.perf_counter()
         n_rows = len(rows) * max(max(len(r) for r in rows), self.target.min_rows)
         self.cost.observe_verify(n_rows, t2 - t1)
+        self.last_pass = (len(rows), n_rows)
         for seq, p, lg in zip(self.active, proposals, logits):
             if seq.sampler is None:
                 j, nxt = accept_greedy(p.ids, lg.argmax(axis=-1))
@@ -242,7 +249,14 @@ class BatchEngine:
             rates.append((expected / self.rows_cost(n * max(width, self.target.min_rows)), width))
         return max(rates)[1]
 
-    # -- whole generations (tests, benchmarks) ---------------------------------------------
+    # -- whole generations (tests, benchmarks, warm-up) ------------------------------------
+    def generate(self, prompt_ids: list[int], params: SamplingParams, on_tokens: OnTokens | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> GenerationResult:
+        """One sequence to the end (with no other in the batch), as `Engine.generate`."""
+        if self.active:
+            raise RuntimeError("generate() runs one sequence alone; the batch is busy")
+        return self.generate_all([Sequence(list(prompt_ids), params, on_tokens, cancelled)])[0]
+
     def generate_all(self, sequences: list[Sequence], join_at: list[int] | None = None) -> list[GenerationResult]:
         """Run `sequences` to the end, sequence i joining at round join_at[i] (default: as
         soon as a slot is free, in order)."""

@@ -11,6 +11,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 JUMP_BUCKETS = (1.0, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 12, 17)
 MAX_POSITION_LABEL = 16  # k_draft <= 16, so positions 0..15
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+ROWS_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 class Metrics:
@@ -42,6 +44,10 @@ class Metrics:
         self.queue_depth = Gauge("specops_queue_depth", "Requests waiting for the engine.", registry=r)
         self.in_flight = Gauge("specops_requests_in_flight", "Requests being generated.", registry=r)
         self.model_ready = Gauge("specops_model_ready", "1 when a generation can be served.", registry=r)
+        self.batch_size = Histogram("specops_batch_size", "Sequences per decoding pass of the target.",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.batch_rows = Histogram("specops_batch_rows", "Rows per decoding pass of the target (sequences x "
+                                    "the round's width, padding included).", buckets=ROWS_BUCKETS, registry=r)
         self.generations = Counter("specops_generations_total", "Finished generations by finish reason "
                                    "(stop, length, cancelled, timeout).", ["speculator", "finish_reason"],
                                    registry=r)

@@ -16,7 +16,7 @@ from ..budget import plan_for
 from ..config import Settings
 from ..engine.llm_engine import Engine
 from ..engine.sampling_params import SamplingParams
-from ..loader import ModelPaths, load_engine
+from ..loader import ModelPaths, load_batch_engine, load_engine
 from ..model_source import sync_paths
 from ..runtime.model_folder import ModelFolderError, ModelSpec, read_model_folder
 from .health import Health
@@ -72,8 +72,11 @@ class ModelSync:
         log.info("%s", plan.summary())
         self.health.models = {"memory": plan.to_dict()}
         # checksums were verified while syncing: do not hash the weights twice
-        return load_engine(self.settings.model_copy(update={"verify_checksums": False,
-                                                            "context_length": plan.context_cap}), paths)
+        settings = self.settings.model_copy(update={"verify_checksums": False, "context_length": plan.context_cap,
+                                                    "max_batch": plan.max_batch})
+        if settings.max_batch > 1 and target_spec.layout == "builder" and target_spec.share_past_present:
+            return load_batch_engine(settings, paths)
+        return load_engine(settings, paths)
 
     def _warm_up(self, engine: Engine) -> None:
         if self.settings.warmup_tokens == 0:
