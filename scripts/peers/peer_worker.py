@@ -22,6 +22,8 @@ Protocol. After loading the model and one warm-up generation the worker prints o
     {"ready": true, "peer": ..., "mode": ..., "config": {...}, "versions": {...}}
 then answers each request line with one response line until EOF on stdin:
     request   {"prompt": "<text>", "max_new_tokens": N}   or   {"ids": [token ids...], "max_new_tokens": N}
+              or (openvino) {"batch": ["<text>", ...], "max_new_tokens": N}: all prompts in one
+              generate call -> {"n_tokens": total generated, "total_seconds": float, "texts": [...]}
     response  {"tokens": [...], "text": "...", "n_tokens": int, "prompt_tokens": int,
                "seconds": float, "timing": "...", "ttft_seconds": float, "total_seconds": float}
     error     {"error": "<message>"}
@@ -168,6 +170,16 @@ class OpenVINOPeer:
                 "ov_generate_seconds": gen, "ov_tpot_ms": pm.get_tpot().mean}
 
 
+    def generate_batch(self, texts: list[str], max_new_tokens: int) -> dict:
+        """All prompts in one call: the pipeline schedules them together (continuous batching)."""
+        cfg = self._gen_config(max_new_tokens)
+        t0 = time.perf_counter()
+        res = self.pipe.generate(texts, cfg)
+        seconds = time.perf_counter() - t0
+        n = int(res.perf_metrics.get_num_generated_tokens())
+        return {"n_tokens": n, "total_seconds": seconds, "texts": list(res.texts)}
+
+
 PEERS = {"llama_cpp": LlamaCppPeer, "openvino": OpenVINOPeer}
 
 
@@ -211,6 +223,9 @@ def main(argv=None) -> int:
             continue
         try:
             req = json.loads(line)
+            if "batch" in req:  # openvino: {"batch": [texts], "max_new_tokens": N}
+                send(peer.generate_batch(req["batch"], int(req.get("max_new_tokens", 64))))
+                continue
             if "ids" in req:
                 ids = [int(i) for i in req["ids"]]
             else:

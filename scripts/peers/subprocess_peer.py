@@ -89,6 +89,16 @@ class SubprocessPeer:
 
     __call__ = run
 
+    def run_batch(self, texts: list[str], max_new_tokens: int) -> dict:
+        """openvino: all prompts in one generate call (its continuous batching); returns
+        {"n_tokens": total generated, "total_seconds", "texts"}."""
+        self.proc.stdin.write(json.dumps({"batch": list(texts), "max_new_tokens": int(max_new_tokens)}) + "\n")
+        self.proc.stdin.flush()
+        out = self._read()
+        if "error" in out:
+            raise PeerError(out["error"])
+        return out
+
     def tokens_per_second(self, prompt, max_new_tokens: int) -> float:
         """One run's generated tokens per second: over the whole call (prefill included, as
         ort_genai.Runner.tokens_per_second and our engine count) or, with timing="decode",
