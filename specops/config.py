@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(2, ge=1, le=64, description="onnxruntime threads for the target")
     draft_intra_op_threads: int = Field(2, ge=1, le=64, description="onnxruntime threads for the draft")
     allow_spinning: bool = Field(False, description="let idle onnxruntime threads spin (breaks CPU autoscaling)")
-    max_batch: int = Field(1, ge=1, le=64, description="sequences decoded together (continuous batching; "
-                           "every round verifies all of them in one target pass); 1 = one request at a time")
+    max_batch: int = Field(4, ge=1, le=64, description="sequences the service decodes together (continuous "
+                           "batching: every round verifies all of them in one target pass); 1 = one request at "
+                           "a time; the memory plan may lower it")
     context_length: int = Field(0, ge=0, description="context cap in tokens; 0 = the model's own")
     prefill_chunk: int = Field(512, ge=16, le=8192, description="prompt tokens per prefill pass")
     consistent_passes: Literal["auto", "on", "off"] = Field(

@@ -28,6 +28,10 @@ from specops.bench import load_prompt_items as load_prompts  # noqa: F401
 
 os.environ.setdefault("SPECOPS_TARGET_MODEL", str(EMBEDDED_TARGET))
 os.environ.setdefault("SPECOPS_DRAFT_MODEL", str(EMBEDDED_DRAFT))
+# The admission, lifecycle and API suites describe one request at a time (a second request
+# queues behind the first); continuous batching has its own suites (test_batch.py,
+# test_server_batching.py), which set SPECOPS_MAX_BATCH themselves.
+os.environ.setdefault("SPECOPS_MAX_BATCH", "1")
 
 
 @pytest.fixture(scope="session")
