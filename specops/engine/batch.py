@@ -28,6 +28,7 @@ from ..runtime.tokenizer import TextTokenizer
 from ..speculators.base import Proposal
 from ..speculators.draft import DraftModelSpeculator
 from ..speculators.ngram import NgramSpeculator
+from ..speculators.successor import SuccessorTable
 from .adaptive import CostModel, expected_tokens
 from .llm_engine import GenerationResult
 from .output import OnTokens, Output
@@ -72,6 +73,7 @@ class BatchEngine:
         self.active: list[Sequence] = []  # active[i] holds slot i
         self._drafts: list[DraftModelSpeculator] = []  # idle draft caches, reused
         self.last_pass = (0, 0)  # (sequences, rows) of the latest decoding pass, for metrics
+        self.successors = SuccessorTable()  # guesses for padding rows, from every sequence's tokens
 
     @property
     def draft(self):
@@ -114,6 +116,7 @@ class BatchEngine:
         seq.slot = len(self.active)
         self.active.append(seq)
         self.target.lengths[seq.slot] = 0
+        self.successors.observe(int(seq.prompt_ids[0]), seq.prompt_ids[1:])
         logits = self.target.prefill(seq.slot, seq.prompt_ids, self.prefill_chunk)
         seq.stats.prefill_s = time.perf_counter() - seq.started
         first = int(np.argmax(logits)) if seq.sampler is None else seq.sampler.draw(seq.sampler.probs(logits[None])[0])
@@ -122,6 +125,7 @@ class BatchEngine:
         return seq
 
     def _commit(self, seq: Sequence, new: list[int]) -> None:
+        self.successors.observe(int(seq.context[seq.n - 1]), new)
         new, finish = seq.out.commit(new)
         seq.context[seq.n:seq.n + len(new)] = new
         seq.n += len(new)
@@ -168,6 +172,7 @@ class BatchEngine:
         width = self.choose_width(proposals)
         proposals = [Proposal(p.ids[:width - 1], None if p.q is None else p.q[:width - 1], p.source,
                               p.draft_passes, p.match, p.confidence, p.catchup) for p in proposals]
+        proposals = self._fill(proposals, max(width, self.target.min_rows))
         t1 = time.perf_counter()
         rows = [[int(seq.context[seq.n - 1]), *p.ids.tolist()] for seq, p in zip(self.active, proposals)]
         logits = self.target.forward(rows)
@@ -191,6 +196,19 @@ class BatchEngine:
                 self.cost.observe_round(p.key, k, j)
             self._commit(seq, [*p.ids[:j].tolist(), nxt])
         return finished + self._reap()
+
+    def _fill(self, proposals: list[Proposal], row_width: int) -> list[Proposal]:
+        """Rows with nothing to propose are padded to the round's width anyway: they carry
+        guesses from the successor table instead (free proposals; never for `none`)."""
+        out = []
+        for seq, p in zip(self.active, proposals):
+            room = min(row_width - 1, self.capacity - seq.n - 1, seq.params.max_new_tokens - len(seq.out.ids) - 1)
+            if not len(p.ids) and room > 0 and seq.params.speculator != "none":
+                guesses = self.successors.chain(int(seq.context[seq.n - 1]), room)
+                if guesses:
+                    p = Proposal(np.asarray(guesses, np.int64), None, "successor")
+            out.append(p)
+        return out
 
     def _offer(self, seq: Sequence) -> Proposal:
         """What the sequence could propose this round (the round's width may cut it)."""

@@ -18,6 +18,7 @@ from ..runtime.tokenizer import TextTokenizer
 from ..speculators.base import Proposal
 from ..speculators.draft import DraftModelSpeculator
 from ..speculators.ngram import NgramSpeculator
+from ..speculators.successor import SuccessorTable
 from .adaptive import CostModel, DraftStopper
 from .output import OnTokens, Output
 from .sampling import Sampler
@@ -45,6 +46,7 @@ class Engine:
         self.eos_ids = frozenset(target.spec.eos_ids)
         # uncalibrated: flat verify cost and a free draft, so every round proposes all it can
         self.cost = cost_model or CostModel(verify_s=[1.0], draft_s=0.0 if draft is not None else None)
+        self.successors = SuccessorTable()  # guesses for the padding row of a consistent plain step
 
     @property
     def capacity(self) -> int:
@@ -69,10 +71,12 @@ class Engine:
         context[:len(prompt_ids)] = prompt_ids
         n = len(prompt_ids)
 
+        self.successors.observe(int(prompt_ids[0]), prompt_ids[1:])
         logits = self.target.prefill(prompt_ids, self.prefill_chunk)
         stats.prefill_s = time.perf_counter() - start
         new = [int(np.argmax(logits)) if sampler is None else sampler.draw(sampler.probs(logits[None])[0])]
         while True:
+            self.successors.observe(int(context[n - 1]), new)
             new, finish = out.commit(new)
             context[n:n + len(new)] = new
             n += len(new)
@@ -104,6 +108,11 @@ class Engine:
         k_max = max(min(params.k_draft, room - 1, params.max_new_tokens - n_generated - 1), 0)
         t0 = time.perf_counter()
         proposal = self._propose(context, k_max, params, sampler)
+        if not len(proposal.ids) and k_max and self.target.min_rows > 1 and params.speculator != "none":
+            # the step runs two rows wide anyway: the second row carries a free guess
+            guesses = self.successors.chain(int(context[-1]), min(self.target.min_rows - 1, k_max))
+            if guesses:
+                proposal = Proposal(np.asarray(guesses, np.int64), None, "successor")
         t1 = time.perf_counter()
         # [k + 1, V], read before the next pass (so no copy)
         logits = self.target.append([int(context[-1]), *proposal.ids.tolist()], copy=False)
