@@ -64,7 +64,7 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code, **extra}}
 
 
-def _service_error(_: Request, err: ServiceError) -> JSONResponse:
+async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
     body = error_body(err.message, err.type, err.param, err.code, **err.extra)
     return JSONResponse(body, status_code=err.status, headers=err.headers())
 
@@ -92,24 +92,26 @@ def _is_union_member(part) -> bool:
     return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or "-" in part)
 
 
-def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
     message, param, malformed = describe_validation(err.errors())
     status, code = (400, "invalid_json") if malformed else (422, "invalid_value")
     return JSONResponse(error_body(message, "invalid_request_error", param, code), status_code=status)
 
 
-def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
     type_ = "not_found_error" if err.status_code == 404 else "invalid_request_error"
     return JSONResponse(error_body(str(err.detail), type_), status_code=err.status_code,
                         headers=getattr(err, "headers", None))
 
 
-def _unexpected(_: Request, err: Exception) -> JSONResponse:
+async def _unexpected(_: Request, err: Exception) -> JSONResponse:
     log.exception("unhandled error: %s", err)
     return JSONResponse(error_body(f"internal error: {type(err).__name__}", "server_error"), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    # the handlers are async: Starlette runs a plain `def` handler in its thread pool, so a burst of
+    # 429s grew the process by up to 40 threads (seen by scripts/soak.py)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

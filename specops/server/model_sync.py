@@ -8,8 +8,11 @@ the error; the process stays up to report it.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from ..budget import plan_for
@@ -17,7 +20,7 @@ from ..config import Settings
 from ..engine.llm_engine import Engine
 from ..engine.sampling_params import SamplingParams
 from ..loader import ModelPaths, load_batch_engine, load_engine
-from ..model_source import sync_paths
+from ..model_source import is_hub_id, sync_paths
 from ..runtime.model_folder import ModelFolderError, ModelSpec, read_model_folder
 from .health import Health
 
@@ -35,6 +38,41 @@ def verify_paths(paths: ModelPaths, checksums: bool) -> tuple[ModelSpec, ModelSp
     return specs[0], specs[1]
 
 
+def model_files(spec: ModelSpec) -> list[Path]:
+    """The .onnx file and, when it has one, its external weights file."""
+    data = spec.model_file.with_name(spec.model_file.name + ".data")
+    return [spec.model_file] + ([data] if data.exists() else [])
+
+
+def weights_note(specs: tuple[ModelSpec, ModelSpec | None], detail: str) -> str:
+    """After a failed load: the external weights file of the model the error names (onnxruntime
+    names the .onnx file and a tensor, while a truncated or corrupt .onnx.data is the usual cause)."""
+    for spec in specs:
+        if spec is not None and str(spec.model_file) in detail:
+            data = model_files(spec)[1:]
+            if data:
+                return f" (its weights file: {data[0]}, {data[0].stat().st_size} bytes: truncated or corrupt?)"
+    return ""
+
+
+def cache_problem(settings: Settings) -> str:
+    """After a failed sync that needed the hub: why the cache folder cannot take a download, or ''.
+    Checked only then, so a read-only cache that already holds the models serves fine."""
+    sources = (settings.target_model, settings.target_tokenizer, settings.draft_model, settings.draft_tokenizer)
+    if not any(source and is_hub_id(source) for source in sources):
+        return ""
+    cache = Path(settings.model_cache_dir)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".specops-write-test-") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        return f"; the model cache folder {cache} cannot be written (model_cache_dir): {err.strerror or err}"
+    return ""
+
+
 class ModelSync:
     def __init__(self, settings: Settings, health: Health, on_ready: Callable[[Engine], None]):
         self.settings, self.health, self.on_ready = settings, health, on_ready
@@ -45,6 +83,7 @@ class ModelSync:
 
     def _run(self) -> None:
         self._phase = "syncing"
+        specs = None
         try:
             self.health.set("syncing")
             paths = sync_paths(self.settings)
@@ -55,11 +94,16 @@ class ModelSync:
             self._warm_up(engine)
             # a new dict, swapped in whole: /health may be serializing the old one right now
             self.health.models = {**self.health.models, **self._describe(paths, engine)}
+            self.health.watched = tuple(f for spec in specs if spec is not None for f in model_files(spec))
             self.on_ready(engine)
             self.health.set("ready")
         except Exception as err:  # reported through /health and the log, never a silent exit
             log.exception("model sync failed while %s", self._phase)
             detail = str(err) if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {err}"
+            if self._phase == "syncing":
+                detail += cache_problem(self.settings)
+            elif self._phase == "loading" and specs is not None:
+                detail += weights_note(specs, detail)
             self.health.set("failed", f"{self._phase}: {detail}")
 
     def _enter(self, phase: str) -> None:

@@ -44,5 +44,7 @@ class Service:
         self.worker.stop()
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request,
+    # and a burst of requests grows the pool by up to 40 threads (seen by scripts/soak.py)
     return request.app.state.service
