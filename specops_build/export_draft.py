@@ -116,8 +116,8 @@ def export_optimum_style(hf, path: Path) -> None:
         )
 
 
-def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
-    """Weight-only int4 (MatMul -> MatMulNBits, Gather -> GatherBlockQuantized)."""
+def quantize_int4(src: Path, dst: Path, block_size: int = 32, bits: int = 4) -> None:
+    """Weight-only int4 (or int8: bits=8) (MatMul -> MatMulNBits, Gather -> GatherBlockQuantized)."""
     import logging
 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -125,8 +125,9 @@ def quantize_int4(src: Path, dst: Path, block_size: int = 32) -> None:
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
     quant = MatMulNBitsQuantizer(
-        onnx.load(str(src)), bits=4, block_size=block_size, is_symmetric=True, accuracy_level=4,
-        op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)),
+        onnx.load(str(src)), bits=bits, block_size=block_size, is_symmetric=True, accuracy_level=4,
+        op_types_to_quantize=("MatMul", "Gather") if bits == 4 else ("MatMul",),  # its Gather: 4 bits only
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     quant.process()
     onnx.save_model(quant.model.model, str(dst))

@@ -91,8 +91,9 @@ def _windows(data: np.ndarray, rng: np.random.Generator, batch: int, seq: int) -
 
 
 def train_lm(model: LlamaForCausalLM, sample_batch, steps: int, lr: float, seed: int,
-             log=print, label: str = "") -> list[float]:
-    """AdamW, linear warm-up then cosine decay. `sample_batch(rng)` -> LongTensor [B, T]."""
+             log=print, label: str = "", loss_fn=lm_loss) -> list[float]:
+    """AdamW, linear warm-up then cosine decay. `sample_batch(rng)` -> LongTensor [B, T] (or
+    whatever `loss_fn(model, batch)` takes)."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
@@ -104,7 +105,7 @@ def train_lm(model: LlamaForCausalLM, sample_batch, steps: int, lr: float, seed:
         scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         for group in opt.param_groups:
             group["lr"] = lr * max(scale, 0.05)
-        loss = lm_loss(model, sample_batch(rng))
+        loss = loss_fn(model, sample_batch(rng))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
