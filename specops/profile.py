@@ -37,10 +37,13 @@ class Curve:
         return self.ms[min(n, len(self.ms)) - 1] / self.ms[0]
 
 
-def pass_curve(decoder: Decoder, max_tokens: int = 9, past: int = 100, rounds: int = 7, per_round: int = 3) -> Curve:
+def pass_curve(decoder: Decoder, max_tokens: int = 9, past: int = 100, rounds: int = 7, per_round: int = 3,
+               warmup: int = 2) -> Curve:
     """Time passes of 1..max_tokens tokens on top of `past` cached tokens, the cache rewound
     after each; `rounds` sweeps over all lengths (shortest and longest alternate), `per_round`
-    timed passes of each length per sweep after one untimed warm-up pass."""
+    timed passes of each length per sweep after `warmup` untimed ones (a pass right after a
+    longer one costs more, for a few passes: Phi-3 shape, a two-row pass timed after nine-row
+    passes with one warm-up read 136 against 114 ms)."""
     ids = (np.arange(past + max_tokens) % 200 + 3).tolist()
     decoder.reset()
     decoder.prefill(ids[:past])
@@ -49,12 +52,12 @@ def pass_curve(decoder: Decoder, max_tokens: int = 9, past: int = 100, rounds: i
         order = range(1, max_tokens + 1) if r % 2 == 0 else range(max_tokens, 0, -1)
         for n in order:
             chunk = ids[past:past + n]
-            for i in range(per_round + 1):
+            for i in range(warmup + per_round):
                 t = time.perf_counter()
                 decoder.append(chunk, copy=False)
                 seconds = time.perf_counter() - t
                 decoder.rewind(past)
-                if i:
+                if i >= warmup:
                     times[n].append(seconds)
     decoder.reset()
     return Curve([round(float(np.median(times[n])) * 1e3, 3) for n in sorted(times)], rounds * per_round)
