@@ -202,7 +202,8 @@ class BatchEngine:
         guesses from the successor table instead (free proposals; never for `none`)."""
         out = []
         for seq, p in zip(self.active, proposals):
-            room = min(row_width - 1, self.capacity - seq.n - 1, seq.params.max_new_tokens - len(seq.out.ids) - 1)
+            room = min(row_width - 1, seq.params.k_draft, self.capacity - seq.n - 1,
+                       seq.params.max_new_tokens - len(seq.out.ids) - 1)
             if not len(p.ids) and room > 0 and seq.params.speculator != "none":
                 guesses = self.successors.chain(int(seq.context[seq.n - 1]), room)
                 if guesses:
