@@ -115,6 +115,15 @@ def start_server(env: dict[str, str] | None = None, timeout: float = 60.0) -> Se
     raise AssertionError("unreachable")
 
 
+def ready_server(env: dict[str, str] | None = None):
+    """For a module fixture (`yield from ready_server(env)`): a server ready to serve, stopped
+    after the module, its clean exit (code 0 after SIGTERM) asserted."""
+    handle = start_server(env)
+    handle.wait_ready()
+    yield handle
+    assert handle.stop() == 0, handle.log()
+
+
 def _start_once(env: dict[str, str] | None, timeout: float) -> ServerHandle:
     port = free_port()
     log_path = Path(tempfile.mkstemp(prefix="specops-server-", suffix=".log")[1])

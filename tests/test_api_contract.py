@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server_harness import ROOT, start_server
+from server_harness import ROOT, ready_server
 
 LIMIT = 8  # SPECOPS_MAX_NEW_TOKENS_LIMIT: keeps every generated case short
 BODY_LIMIT = 64 * 1024  # SPECOPS_MAX_BODY_BYTES
@@ -28,10 +28,7 @@ expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "41
 
 @pytest.fixture(scope="module")
 def server():
-    handle = start_server({"SPECOPS_MAX_NEW_TOKENS_LIMIT": str(LIMIT), "SPECOPS_MAX_BODY_BYTES": str(BODY_LIMIT)})
-    handle.wait_ready()
-    yield handle
-    assert handle.stop() == 0, handle.log()
+    yield from ready_server({"SPECOPS_MAX_NEW_TOKENS_LIMIT": str(LIMIT), "SPECOPS_MAX_BODY_BYTES": str(BODY_LIMIT)})
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from server_harness import ROOT, free_port, start_server
+from server_harness import ROOT, free_port, ready_server
 
 CONFIG = ROOT / "infra" / "prometheus" / "prometheus.yml"
 BINARIES = ("prometheus", "promtool")
@@ -48,10 +48,7 @@ def prometheus_binaries():
 
 @pytest.fixture(scope="module")
 def server():
-    handle = start_server()
-    handle.wait_ready()
-    yield handle
-    assert handle.stop() == 0, handle.log()
+    yield from ready_server()
 
 
 def _scrape_config(target: str, dest: Path) -> Path:

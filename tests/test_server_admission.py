@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from server_harness import long_prompt, start_server
+from server_harness import long_prompt, ready_server
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -18,11 +18,8 @@ QUEUE_TIMEOUT_S = 1.5
 
 @pytest.fixture(scope="module")
 def server():
-    handle = start_server({"SPECOPS_QUEUE_SIZE": "1", "SPECOPS_QUEUE_TIMEOUT_S": str(QUEUE_TIMEOUT_S),
+    yield from ready_server({"SPECOPS_QUEUE_SIZE": "1", "SPECOPS_QUEUE_TIMEOUT_S": str(QUEUE_TIMEOUT_S),
                            "SPECOPS_API_KEY": KEY, "SPECOPS_DRAFT_MODEL": "none"})
-    handle.wait_ready()
-    yield handle
-    assert handle.stop() == 0, handle.log()
 
 
 def _queue_depth(base_url: str) -> int:

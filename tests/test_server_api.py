@@ -12,17 +12,14 @@ import openai
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server_harness import long_prompt, metric, scrape, start_server
+from server_harness import long_prompt, metric, ready_server, scrape
 
 PROMPT = "def read_config(path):\n"
 
 
 @pytest.fixture(scope="module")
 def server():
-    handle = start_server()
-    handle.wait_ready()
-    yield handle
-    assert handle.stop() == 0, handle.log()
+    yield from ready_server()
 
 
 @pytest.fixture(scope="module")

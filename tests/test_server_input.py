@@ -5,17 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from server_harness import start_server
+from server_harness import ready_server
 
 LIMIT = 64  # SPECOPS_MAX_NEW_TOKENS_LIMIT for this server
 
 
 @pytest.fixture(scope="module")
 def server():
-    handle = start_server({"SPECOPS_MAX_NEW_TOKENS_LIMIT": str(LIMIT)})
-    handle.wait_ready()
-    yield handle
-    assert handle.stop() == 0, handle.log()
+    yield from ready_server({"SPECOPS_MAX_NEW_TOKENS_LIMIT": str(LIMIT)})
 
 
 @pytest.fixture(scope="module")

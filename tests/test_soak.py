@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server_harness import ROOT, start_server
+from server_harness import ROOT, ready_server
 
 
 def _soak_module():
@@ -28,10 +28,7 @@ soak = _soak_module()
 
 @pytest.fixture(scope="module")
 def server():
-    handle = start_server({"SPECOPS_QUEUE_SIZE": "4"})
-    handle.wait_ready()
-    yield handle
-    assert handle.stop() == 0, handle.log()
+    yield from ready_server({"SPECOPS_QUEUE_SIZE": "4"})
 
 
 def test_sixty_second_soak(server, tmp_path: Path):
