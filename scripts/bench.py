@@ -7,6 +7,10 @@ Prints one JSON line; --json writes it to a file, --chart draws tok/s and TPJ pe
     python scripts/bench.py [--sets copy_real,chat_real] [--repeats 3] [--max-new-tokens 96] [--k 4]
         [--peers ort_genai,llama_cpp,openvino] [--json out.json] [--chart out.png]
 
+Peer `specops_stock`: this engine again with onnxruntime's own matmul kernels (SPECOPS_KERNEL=stock)
+in modes none, ngram and auto, so the tiled kernel's gain and each speculator's speedup on both
+kernels come from one interleaved run.
+
 Peers: onnxruntime-genai's greedy and n-gram modes on our ONNX folder (and its draft mode where it
 accepts the pair; the `prepare` extra has it); llama.cpp (llama-cpp-python) on the GGUF itself and
 OpenVINO GenAI on the model converted by optimum-intel, greedy and prompt lookup, each in its own
@@ -33,9 +37,9 @@ from specops.loader import load_engine, local_paths  # noqa: E402
 
 SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
 # our speculator <-> the peer modes it is compared with
-PEER_OF = {"none": ["ort_genai_greedy", "llama_cpp_greedy", "openvino_greedy"],
-           "ngram": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup"],
-           "auto": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup"],
+PEER_OF = {"none": ["ort_genai_greedy", "llama_cpp_greedy", "openvino_greedy", "specops_stock_none"],
+           "ngram": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup", "specops_stock_ngram"],
+           "auto": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup", "specops_stock_auto"],
            "draft": ["ort_genai_draft", "ort_genai_draft_same_vocab"]}
 
 
@@ -62,10 +66,27 @@ def subprocess_peers(which: list[str], k: int) -> dict:
             for name in which for mode in ("greedy", "lookup")}
 
 
-def peer_runners(paths, which: list[str], k: int) -> tuple[dict, dict]:
+def stock_kernel_peers(settings: Settings, paths, k: int) -> dict:
+    """This engine on onnxruntime's own kernels, target-only, n-gram and auto."""
+    from specops.engine.sampling_params import SamplingParams
+
+    engine = load_engine(settings.model_copy(update={"kernel": "stock"}), paths)
+
+    def runner(speculator: str):
+        def run(ids: list[int], max_new_tokens: int) -> float:
+            params = SamplingParams(max_new_tokens=max_new_tokens, speculator=speculator, k_draft=k)
+            return engine.generate(ids, params).stats.tokens_per_second
+        return run
+
+    return {f"specops_stock_{s}": runner(s) for s in ("none", "ngram", "auto")}
+
+
+def peer_runners(settings: Settings, paths, which: list[str], k: int) -> tuple[dict, dict]:
     sys.path.insert(0, str(ROOT / "scripts"))
     peers, refused = ort_genai_peers(paths, k) if "ort_genai" in which else ({}, {})
-    peers.update(subprocess_peers([w for w in which if w != "ort_genai"], k))
+    peers.update(subprocess_peers([w for w in which if w not in ("ort_genai", "specops_stock")], k))
+    if "specops_stock" in which:
+        peers.update(stock_kernel_peers(settings, paths, k))
     return peers, refused
 
 
@@ -106,20 +127,22 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts of each set")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--chart", type=Path)
-    parser.add_argument("--peers", default="", help="comma-separated: ort_genai, llama_cpp, openvino")
+    parser.add_argument("--peers", default="", help="comma-separated: ort_genai, llama_cpp, openvino, specops_stock")
     args = parser.parse_args()
 
     settings = Settings()
     paths = local_paths(settings)
     engine = load_engine(settings, paths)
     startup = copy.deepcopy(engine.cost)  # pass costs timed alone, before the online estimates move
-    peers, refused = peer_runners(paths, args.peers.split(","), args.k) if args.peers else ({}, {})
+    peers, refused = peer_runners(settings, paths, args.peers.split(","), args.k) if args.peers else ({}, {})
     speculators = args.speculators.split(",")
     sets = {name: load_prompt_set(name, engine.tokenizer) for name in args.sets.split(",")}
     if args.limit:
         sets = {k: v[:args.limit] for k, v in sets.items()}
     progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
+    batch = getattr(engine.target, "batch", engine.target)
     report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
+              "kernel": getattr(batch, "kernel", "stock"), "kernel_note": getattr(batch, "kernel_note", None),
               "max_new_tokens": args.max_new_tokens, "k": args.k,
               # start-up calibration; each set's bound uses the online estimates in its bound_costs
               **cost_figures(engine, args.k), "sets": {}}
@@ -136,6 +159,12 @@ def main() -> int:
             report["sets"][name]["peers"] = {p: {"tok_s": round(float(np.median(rates)), 1)}
                                              for p, rates in run.peer_rates.items()}
             report["sets"][name]["peer_ratios"] = peer_ratios(run, PEER_OF)
+            if "specops_stock_none" in run.peer_rates:  # each stock-kernel speculator over stock target-only
+                report["sets"][name]["stock_kernel_speedups"] = {
+                    s: round(float(np.median([a / b for ra, rb in zip(run.peer_rates[f"specops_stock_{s}"],
+                                                                       run.peer_rates["specops_stock_none"])
+                                              for a, b in zip(ra, rb) if a > 0 and b > 0])), 3)
+                    for s in ("ngram", "auto")}
     if refused:
         report["peers_refused"] = refused
     line = json.dumps(report)

@@ -264,11 +264,16 @@ def cpu_isa() -> str:
     return " ".join(f for f in wanted if f in flags)
 
 
-def _weights(folder: Path, model_file: Path, name: str) -> tuple[int, int, str | None]:
+def _weights(folder: Path, model_file: Path, name: str, tiled: bool = False) -> tuple[int, int, str | None]:
     """(resident weight bytes, extra bytes while loading, a note). Without a usable prepack the
     kernels repack on the heap while the originals are still mapped: about 2x at load
-    (Phi-3 int4: 2.7 -> 5.4 GB, DESIGN.md section 2)."""
+    (Phi-3 int4: 2.7 -> 5.4 GB, DESIGN.md section 2). The tiled kernel (runtime/graph.py) copies
+    its weights from the mapped tile cache, written one tensor at a time: resident once, and what
+    is mapped at load is clean file pages the kernel can reclaim (Phi-3 shape: 2.5 GiB resident
+    after load, measured)."""
     marker = _read_json(folder / PREPACKED_MARKER)
+    if tiled and not marker:
+        return weight_file_bytes(model_file), 0, None
     if not marker:
         files = weight_file_bytes(model_file)
         return files, files, None
@@ -284,15 +289,16 @@ def _weights(folder: Path, model_file: Path, name: str) -> tuple[int, int, str |
     return resident, 0, None
 
 
-def figures_from_spec(spec, name: str) -> tuple[ModelFigures, str | None]:
+def figures_from_spec(spec, name: str, tiled: bool = False) -> tuple[ModelFigures, str | None]:
     """A ModelSpec (runtime.model_folder) -> its figures, and a note when a prepack is not usable.
-    Reads file sizes, config.json / genai_config.json for head counts, and the prepack marker."""
+    Reads file sizes, config.json / genai_config.json for head counts, and the prepack marker.
+    `tiled`: the model runs on specops' tiled kernel (no heap repack at load)."""
     folder = Path(spec.folder)
     hf = _read_json(folder / "config.json")
     dec = _read_json(folder / "genai_config.json").get("model", {}).get("decoder", {})
     heads = int(hf.get("num_attention_heads") or dec.get("num_attention_heads") or spec.kv_heads)
     hidden = int(hf.get("hidden_size") or dec.get("hidden_size") or heads * spec.head_dim)
-    weights, load_extra, note = _weights(folder, Path(spec.model_file), name)
+    weights, load_extra, note = _weights(folder, Path(spec.model_file), name, tiled)
     return ModelFigures(
         name=name, num_layers=spec.num_layers, kv_heads=spec.kv_heads, head_dim=spec.head_dim,
         context_length=spec.context_length, vocab_size=spec.vocab_size, num_heads=heads, hidden_size=hidden,
@@ -301,13 +307,15 @@ def figures_from_spec(spec, name: str) -> tuple[ModelFigures, str | None]:
         attn_copies=1 if spec.layout == "builder" else 2), note  # the builder fuses attention (GQA)
 
 
-def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/sys/fs/cgroup")) -> MemoryPlan:
+def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/sys/fs/cgroup"),
+             target_kernel: str = "stock") -> MemoryPlan:
     """The start-up memory check. Call it after reading the model folders, before opening sessions.
 
     - settings: `specops.config.Settings`; reads max_batch, context_length (0 = the target's own),
       prefill_chunk, memory_limit_bytes (0 = the cgroup's memory.max), memory_overhead_bytes,
       memory_auto_context_cap and memory_min_context.
     - target_spec, draft_spec: `ModelSpec`s from `read_model_folder`; draft_spec None = no draft.
+    - target_kernel: "tiled" when the target will run on the tiled kernel (runtime.kernels.resolve).
     - Returns a `MemoryPlan`. Load with `plan.context_cap` as the cap, e.g.
       `settings.model_copy(update={"context_length": plan.context_cap})`; `plan.lowered` says it
       is below what was asked. `plan.to_dict()` is for /health, `plan.summary()` for the log,
@@ -316,7 +324,7 @@ def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/
       would help, when the plan cannot fit and the cap may not (or cannot) be lowered enough.
     Reads only files: model folder sizes and configs, the prepack marker, the cgroup limit.
     """
-    target, note_t = figures_from_spec(target_spec, "target")
+    target, note_t = figures_from_spec(target_spec, "target", tiled=target_kernel == "tiled")
     draft, note_d = figures_from_spec(draft_spec, "draft") if draft_spec is not None else (None, None)
     limit = settings.memory_limit_bytes or read_cgroup_memory_limit(cgroup_root)
     notes = tuple(n for n in (note_t, note_d) if n)

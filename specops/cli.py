@@ -87,15 +87,16 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .loader import local_folder
+    from .loader import engine_target, local_folder
     from .profile import profile
     from .runtime.decoder import Decoder, SessionConfig
     from .runtime.model_folder import read_model_folder
 
     settings = settings_from_args(args)
     target_dir = local_folder(settings.target_model, settings)
-    target = Decoder(read_model_folder(target_dir, settings.verify_checksums),
-                     SessionConfig(settings.intra_op_threads, settings.allow_spinning))
+    spec = read_model_folder(target_dir, settings.verify_checksums)
+    stock = Decoder(spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning))
+    target = engine_target(settings, spec)
     draft_dir, draft = None, None
     if settings.draft_model.lower() not in ("", "none"):
         draft_dir = local_folder(settings.draft_model, settings)
@@ -103,7 +104,7 @@ def _profile(args: argparse.Namespace) -> int:
                         SessionConfig(settings.draft_intra_op_threads, settings.allow_spinning))
     consistent = {"on": True, "off": False}.get(settings.consistent_passes)
     result = profile(target, draft, str(target_dir), draft_dir and str(draft_dir), consistent,
-                     args.max_tokens, args.past, args.rounds)
+                     args.max_tokens, args.past, args.rounds, stock=stock)
     print(json.dumps(dataclasses.asdict(result)) if args.json else result.table())
     return 0
 

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
                            "a time; the memory plan may lower it")
     context_length: int = Field(0, ge=0, description="context cap in tokens; 0 = the model's own")
     prefill_chunk: int = Field(512, ge=16, le=8192, description="prompt tokens per prefill pass")
+    kernel: Literal["auto", "tiled", "stock"] = Field(
+        "auto", description="the target's int4/int8 matmul kernel: tiled = specops' own (specops/kernels/qmatmul.c, "
+        "built on first use with the machine's C compiler; needs AVX-512 VNNI), whose pass over k tokens costs "
+        "far less than k passes; stock = onnxruntime's MLAS; auto = tiled where it builds and runs, else stock "
+        "(the reason is in /health)")
+    kernel_cache_dir: str = Field("", description="where the tiled kernel's library and the tiled copies of the "
+                                  "weights are kept (a model's tiles: about its weights' size); empty = "
+                                  "<model_cache_dir>/kernels")
     consistent_passes: Literal["auto", "on", "off"] = Field(
         "auto", description="run one-token target passes as two-row passes, so that plain steps and verify "
         "passes compute alike and speculative greedy output equals target-only output bit for bit; auto: "

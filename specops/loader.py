@@ -12,9 +12,10 @@ from .engine.adaptive import CostModel
 from .engine.batch import BatchEngine
 from .engine.llm_engine import Engine
 from .prepare import CATALOG, resolve_prepared
+from .runtime import kernels
 from .runtime.batch_decoder import BatchDecoder, SlotDecoder
 from .runtime.decoder import Decoder, SessionConfig
-from .runtime.model_folder import ModelSpec, read_model_folder
+from .runtime.model_folder import ModelFolderError, ModelSpec, read_model_folder
 from .runtime.tokenizer import TextTokenizer
 from .speculators.draft import DraftModelSpeculator
 from .speculators.ngram import NgramSpeculator
@@ -54,6 +55,30 @@ def _draft_spec(settings: Settings, paths: ModelPaths, tokenizer: TextTokenizer,
     return draft_spec, bridge
 
 
+def kernel_cache(settings: Settings) -> Path:
+    return Path(settings.kernel_cache_dir or Path(settings.model_cache_dir) / "kernels")
+
+
+def resolve_kernel(setting: str, spec: ModelSpec, cache: Path | None = None) -> tuple[str, str | None]:
+    """The matmul kernel the target will run on, "tiled" or "stock", and why not tiled (None when
+    it is, or when stock was asked for). Raises ModelFolderError when "tiled" was asked for and
+    cannot run. Only builder exports with a shared KV buffer (the batch decoder's graph) tile."""
+    if setting != "stock" and not (spec.layout == "builder" and spec.share_past_present):
+        why = f"{spec.model_file} is not a builder export with a shared KV buffer"
+        if setting == "tiled":
+            raise ModelFolderError(f"the tiled kernel cannot run: {why}")
+        return "stock", why
+    try:
+        return kernels.resolve(setting, spec.folder, cache)
+    except kernels.KernelUnavailable as err:
+        raise ModelFolderError(f"the tiled kernel cannot run: {err}") from None
+
+
+def target_config(settings: Settings) -> SessionConfig:
+    return SessionConfig(settings.intra_op_threads, settings.allow_spinning, kernel=settings.kernel,
+                         kernel_cache=str(kernel_cache(settings)))
+
+
 def _consistent(settings: Settings, target) -> bool:
     """Run one-token passes two rows wide? (see Decoder.one_row_kernel_differs)"""
     return settings.consistent_passes == "on" or (settings.consistent_passes == "auto"
@@ -68,11 +93,16 @@ def _single_target(spec: ModelSpec, cfg: SessionConfig, capacity: int | None) ->
     return Decoder(spec, cfg, capacity)
 
 
+def engine_target(settings: Settings, spec: ModelSpec) -> Decoder | SlotDecoder:
+    """The target decoder one sequence's engine runs on (graph, kernel, cap as load_engine makes it)."""
+    return _single_target(spec, target_config(settings), settings.context_length or None)
+
+
 def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True) -> Engine:
     paths = paths or local_paths(settings)
     cap = settings.context_length or None
     target_spec = read_model_folder(paths.target, settings.verify_checksums)
-    target = _single_target(target_spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning), cap)
+    target = _single_target(target_spec, target_config(settings), cap)
     if _consistent(settings, target):
         target.min_rows = 2
     tokenizer = TextTokenizer(paths.target_tokenizer)
@@ -94,7 +124,7 @@ def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calib
     sequence that uses the draft gets its own draft cache on one shared draft session."""
     paths = paths or local_paths(settings)
     target_spec = read_model_folder(paths.target, settings.verify_checksums)
-    batch = BatchDecoder(target_spec, SessionConfig(settings.intra_op_threads, settings.allow_spinning),
+    batch = BatchDecoder(target_spec, target_config(settings),
                          settings.max_batch, settings.context_length or None)
     if _consistent(settings, SlotDecoder(batch, 0)):
         batch.min_rows = 2

@@ -1,8 +1,10 @@
 """`specops profile`: does speculation pay on this machine, for these models?
 
 Measures what a target pass over n = 1..N tokens costs here (after `past` tokens of context),
-on stock onnxruntime (`baseline_verify_ms`: one-token passes run the one-row kernel) and on the
-path the engine uses (`verify_ms`: with consistent passes a one-token pass runs as two rows),
+on stock onnxruntime (`baseline_verify_ms`: the folder's graph as it is, one-token passes on the
+one-row kernel) and on the path the engine uses (`verify_ms`: the engine's graph and matmul
+kernel, `kernel`: "tiled" = specops' own where it runs; with consistent passes a one-token pass
+runs as two rows),
 what a draft pass costs, and predicts each speculator's speedup over target-only decoding for
 per-token acceptance 0.5..0.9 at the best k (Leviathan et al.'s bound with the measured curve):
 
@@ -89,6 +91,8 @@ class Profile:
     baseline_verify_ms: list[float]
     verify_ms: list[float]
     one_row_kernel_differs: bool
+    kernel: str = "stock"
+    kernel_note: str | None = None
     draft: str | None = None
     draft_pass_ms: float | None = None
     c: float | None = None
@@ -101,8 +105,12 @@ class Profile:
         lines = [f"target {self.target}",
                  "tokens in pass     " + "".join(f"{i:>8}" for i in range(1, n + 1)),
                  "stock onnxruntime  " + "".join(f"{v:8.2f}" for v in self.baseline_verify_ms) + "  ms",
-                 "engine path        " + "".join(f"{v:8.2f}" for v in self.verify_ms) + "  ms",
-                 "ratio to a step    " + "".join(f"{v / self.verify_ms[0]:8.2f}" for v in self.verify_ms)]
+                 "  ratio            " + "".join(f"{v / self.baseline_verify_ms[0]:8.2f}"
+                                                 for v in self.baseline_verify_ms),
+                 f"engine ({self.kernel:<6})    " + "".join(f"{v:8.2f}" for v in self.verify_ms) + "  ms",
+                 "  ratio to a step  " + "".join(f"{v / self.verify_ms[0]:8.2f}" for v in self.verify_ms)]
+        if self.kernel_note:
+            lines.append(f"(stock kernels on the engine path: {self.kernel_note})")
         if self.one_row_kernel_differs:
             lines.append("(one-row kernel differs from the GEMM: the engine runs one-token passes as two rows)")
         if self.draft:
@@ -125,15 +133,22 @@ def machine() -> dict:
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
-def profile(target: Decoder, draft: Decoder | None, target_name: str, draft_name: str | None,
-            consistent: bool | None = None, max_tokens: int = 9, past: int = 100, rounds: int = 7) -> Profile:
-    """Measure both target paths and the draft; `consistent` None = the engine's auto rule."""
+def profile(target, draft: Decoder | None, target_name: str, draft_name: str | None,
+            consistent: bool | None = None, max_tokens: int = 9, past: int = 100, rounds: int = 7,
+            stock: Decoder | None = None) -> Profile:
+    """Measure the stock path (`stock`: a Decoder on the folder's own graph; None = `target`
+    itself), the engine's path (`target`, as the loader makes it) and the draft; `consistent`
+    None = the engine's auto rule."""
     differs = target.one_row_kernel_differs()
-    target.min_rows = 1
-    baseline = pass_curve(target, max_tokens, past, rounds)
+    baseline_decoder = stock or target
+    baseline_decoder.min_rows = 1
+    baseline = pass_curve(baseline_decoder, max_tokens, past, rounds)
     target.min_rows = 2 if (differs if consistent is None else consistent) else 1
-    engine = pass_curve(target, max_tokens, past, rounds) if target.min_rows > 1 else baseline
-    out = Profile(target_name, baseline.ms, engine.ms, differs, machine=machine())
+    same = stock is None and target.min_rows == 1
+    engine = baseline if same else pass_curve(target, max_tokens, past, rounds)
+    batch = getattr(target, "batch", target)  # SlotDecoder -> its BatchDecoder
+    out = Profile(target_name, baseline.ms, engine.ms, differs, getattr(batch, "kernel", "stock"),
+                  getattr(batch, "kernel_note", None), machine=machine())
     c = None
     if draft is not None:
         out.draft, out.draft_pass_ms = draft_name, pass_curve(draft, 1, past, rounds, 5).ms[0]

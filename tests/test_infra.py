@@ -220,13 +220,24 @@ def final_stage() -> list[tuple[str, str]]:
 def test_dockerfile_is_multi_stage_slim_and_non_root(pod):
     steps = dockerfile()
     froms = [args for op, args in steps if op == "FROM"]
-    assert len(froms) >= 2 and all("slim" in f or f.startswith("${") for f in froms)
+    stages = {f.split()[-1] for f in froms if " AS " in f}
+    assert len(froms) >= 2 and all("slim" in f or f.startswith("${") or f.split()[0] in stages for f in froms)
     args = dict(a.split("=", 1) for op, a in steps if op == "ARG" and "=" in a)
     assert "slim" in args["PYTHON_IMAGE"]
     [user] = [a for op, a in final_stage() if op == "USER"]
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0  # numeric, so runAsNonRoot can check it
     assert int(uid) == pod["spec"]["securityContext"]["runAsUser"]
+
+
+def test_image_ships_the_tiled_kernel_built_without_a_compiler_at_run_time():
+    """The kernel stage compiles specops/kernels/qmatmul.c; the runtime stage copies the library
+    beside the source (where kernels.library() looks first) and installs no compiler."""
+    kernel = " ".join(a for _, a in stage("kernel"))
+    assert "gcc" in kernel and "specops.runtime.kernels" in kernel
+    runtime = [a for op, a in final_stage() if op == "COPY"]
+    assert "--from=kernel /kernel/ ./specops/kernels/" in runtime
+    assert "gcc" not in " ".join(a for _, a in final_stage())
 
 
 def test_image_installs_no_torch():

@@ -61,8 +61,15 @@ def _scrape_config(target: str, dest: Path) -> Path:
     return dest
 
 
+class _Starting(Exception):
+    """Prometheus listens but answers 503 "Service Unavailable" until its storage is ready."""
+
+
 def _query(api: str, promql: str) -> list[dict]:
-    reply = httpx.get(api + "/api/v1/query", params={"query": promql}, timeout=5).json()
+    response = httpx.get(api + "/api/v1/query", params={"query": promql}, timeout=5)
+    if response.status_code == 503:
+        raise _Starting(response.text)
+    reply = response.json()
     assert reply["status"] == "success", reply
     return reply["data"]["result"]
 
@@ -99,7 +106,7 @@ def test_real_prometheus_scrapes_and_answers(prometheus_binaries, server, tmp_pa
             assert prometheus.poll() is None, (tmp_path / "prometheus.log").read_text()
             try:
                 results = {name: _query(api, q) for name, q in queries.items()}
-            except httpx.TransportError:  # not listening yet
+            except (httpx.TransportError, _Starting):  # not listening, or not ready, yet
                 results = {}
             if results and all(results.values()) and float(results["jump"][0]["value"][1]) >= 1:
                 break

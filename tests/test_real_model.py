@@ -12,6 +12,12 @@ prompt in one pass, then one-token passes) chooses the target-only token and ran
 token within the recipe's `near_tie` margin of it: the largest move of such a gap between one-token
 and multi-token passes measured on this model (test_multi_token_passes_stay_within_the_near_tie_margin
 re-measures it).
+
+Kernels: as served, the target runs specops' tiled matmul kernel (kernel auto, where it runs),
+whose rows are computed alike whatever the pass's width, so speculative output stays exact
+against target-only output on the same kernel. Against onnxruntime's own kernels (and so
+onnxruntime-genai's golden ids) the tiled kernel's output differs only at proved near-ties: the
+tiled kernel moves top-two gaps by less than the same margin (measured below).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from specops.bench import first_divergence, load_prompt_items, near_tie_margin, 
 from specops.config import DEFAULT_MODEL, EMBEDDED_MODELS, Settings
 from specops.engine.sampling_params import SamplingParams
 from specops.engine.batch import Sequence
-from specops.loader import load_batch_engine, load_engine, local_folder
+from specops.loader import load_batch_engine, load_engine, local_folder, resolve_kernel
 from specops.prepare import CATALOG, RECORD, prepare, resolve_prepared
 from specops.runtime.model_folder import MANIFEST, ModelFolderError, file_sha256
 
@@ -55,8 +61,9 @@ def real_engine(folder):
 
 @pytest.fixture(scope="module")
 def plain_engine(folder):
-    """One-token passes on the one-row kernel, as onnxruntime-genai runs them."""
-    return load_engine(real_settings(consistent_passes="off"))
+    """One-token passes on the one-row kernel of onnxruntime's own MatMulNBits, as
+    onnxruntime-genai runs them."""
+    return load_engine(real_settings(consistent_passes="off", kernel="stock"))
 
 
 def test_an_unprepared_model_names_the_command(tmp_path):
@@ -108,6 +115,61 @@ def test_target_only_greedy_equals_onnxruntime_genai(plain_engine):
         got = plain_engine.generate(ids, SamplingParams(max_new_tokens=NEW_TOKENS, speculator="none")).token_ids
         assert got == r["output_ids"][:len(got)] and len(got) == len(r["output_ids"]) - (
             r["output_ids"][-1:] == [2]), f"{r['prompt']!r}: first difference at {first_divergence(got, r['output_ids'])}"
+
+
+def test_served_target_runs_the_tiled_kernel_where_it_can(real_engine):
+    kernel, why = resolve_kernel("auto", real_engine.target.batch.spec)
+    assert real_engine.target.batch.kernel == kernel and real_engine.target.batch.kernel_note == why
+    assert kernel == "tiled" or why  # stock only with a reason (no compiler, no AVX-512 VNNI, ...)
+
+
+def _teacher_forced(engine, ids: list[int], out: list[int]) -> np.ndarray:
+    """Logits of one-token steps over `out` after the prompt (the engine's own step shape)."""
+    target = engine.target
+    target.reset()
+    target.prefill(ids)
+    logits = np.stack([np.array(target.append([t])[-1]) for t in out])
+    target.reset()
+    return logits
+
+
+def test_tiled_kernel_stays_within_the_near_tie_margin_of_stock(plain_engine, real_engine, folder):
+    """The tiled kernel against onnxruntime's: the gap between a position's top two tokens
+    moves by less than the near-tie margin (0.75 of 1.1 measured over six prompts)."""
+    if real_engine.target.batch.kernel != "tiled":
+        pytest.skip(f"the tiled kernel does not run here: {real_engine.target.batch.kernel_note}")
+    tok = plain_engine.tokenizer
+    worst = 0.0
+    for item in load_prompt_items("chat_real")[:2] + load_prompt_items("copy_real")[:1]:
+        ids = tok.encode(prompt_text(item, tok))
+        out = plain_engine.generate(ids, SamplingParams(max_new_tokens=24, speculator="none")).token_ids
+        stock, tiled = _teacher_forced(plain_engine, ids, out), _teacher_forced(real_engine, ids, out)
+        top2 = np.argsort(-stock, axis=1)[:, :2]
+        rows = np.arange(len(stock))
+        gap = (lambda logits: logits[rows, top2[:, 0]] - logits[rows, top2[:, 1]])
+        worst = max(worst, float(np.abs(gap(stock) - gap(tiled)).max()))
+    assert 0 < worst < near_tie_margin(folder), worst
+
+
+def test_tiled_target_only_differs_from_onnxruntime_genai_only_at_proved_near_ties(plain_engine, real_engine,
+                                                                                   folder):
+    """As served (tiled kernel, consistent passes), target-only greedy ids against onnxruntime-genai's
+    golden ids: equal, or diverging where onnxruntime's own logits rank our token within the margin."""
+    margin, diverged = near_tie_margin(folder), []
+    for r in _golden()["records"]:
+        got = real_engine.generate(r["prompt_ids"], SamplingParams(max_new_tokens=NEW_TOKENS,
+                                                                   speculator="none")).token_ids
+        want = r["output_ids"][:-1] if r["output_ids"][-1:] == [2] else r["output_ids"]
+        j = first_divergence(got, want)
+        if j is None:
+            continue
+        at = (lambda out: out[j] if j < len(out) else None)
+        why = near_tie_refutation(plain_engine.target, r["prompt_ids"], want[:j], at(got), at(want), margin)
+        assert why is None, f"{r['prompt']!r} diverged at token {j}: {why}"
+        diverged.append(j)
+    # Every divergence above is proved; 8 of the 12 records diverged within 48 tokens in one run (this
+    # int8 model is often at near-ties: the speculative test below sees 6 of 12 with stock kernels).
+    assert len(diverged) <= 10, diverged
 
 
 @pytest.mark.parametrize("consistent", [False, True])

@@ -14,11 +14,15 @@ next pass overwrites, as `Decoder`'s padding does; `min_rows` plays the same par
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
+from . import graph as rewrite
 from .decoder import SessionConfig, make_session, one_token_pass_differs
-from .graph import LOGITS_TO_KEEP, QUERY_SEQLENS, for_batching
+from .graph import LOGITS_TO_KEEP, QUERY_SEQLENS
+from .kernels import KernelUnavailable, default_cache_dir, library, resolve
 from .model_folder import ModelFolderError, ModelSpec
 
 
@@ -30,11 +34,8 @@ class BatchDecoder:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.spec, self.max_batch = spec, max_batch
-        try:
-            graph = for_batching(spec.model_file, spec.logits)
-        except ValueError as err:
-            raise ModelFolderError(str(err)) from None
-        self.session = make_session(spec, cfg, graph)
+        self.kernel, self.kernel_note = "stock", None  # which matmul kernel the passes run, and why
+        self.session = self._open(spec, cfg)
         self.capacity = min(capacity or spec.context_length, spec.context_length)
         self.min_rows = 1
         out = next(o for o in self.session.get_outputs() if o.name == spec.logits)
@@ -47,6 +48,48 @@ class BatchDecoder:
         self._kv = [(np.full(shape, 0, dtype), np.full(shape, 0, dtype)) for _ in range(spec.num_layers)]
         self._views: dict[tuple[int, int], list[tuple[ort.OrtValue, ort.OrtValue]]] = {}
         self.lengths = np.zeros(max_batch, np.int64)  # cached tokens per slot
+
+    def _open(self, spec: ModelSpec, cfg: SessionConfig) -> ort.InferenceSession:
+        """The session on the rewritten graph: tiled matmuls when cfg.kernel asks for them and
+        they can run here, else (auto) stock onnxruntime with the reason in `kernel_note`
+        (a failure of the tiled session itself included: e.g. a library that will not register)."""
+        try:
+            model = rewrite.load(spec.model_file)
+            rewrite.for_batching(model, spec.logits)
+        except ValueError as err:
+            raise ModelFolderError(f"{spec.model_file}: {err}") from None
+        cache = Path(cfg.kernel_cache) if cfg.kernel_cache else default_cache_dir()
+        try:
+            kernel, self.kernel_note = resolve(cfg.kernel, spec.folder, cache)
+        except KernelUnavailable as err:  # only when "tiled" was asked for
+            raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
+        if kernel == "tiled":
+            tiled = model.__class__()
+            tiled.CopyFrom(model)
+            try:
+                # a damaged weight file raises ModelFolderError here, naming it: not a kernel problem
+                self._tiles = rewrite.tile_matmuls(tiled, spec.model_file, cache)  # kept: mapped
+                if not self._tiles.arrays:
+                    raise KernelUnavailable("no MatMulNBits node the tiled kernel runs (4 or 8 bits, block 32, "
+                                            "accuracy level 4)")
+            except (KernelUnavailable, OSError) as err:  # OSError: the tile cache cannot be written
+                self._not_tiled(cfg, spec, err)
+            else:
+                try:
+                    session = make_session(spec, cfg, tiled.SerializeToString(), self._tiles.arrays,
+                                           str(library(cache)))
+                except (KernelUnavailable, ModelFolderError) as err:
+                    self._not_tiled(cfg, spec, err)
+                else:
+                    self._tiles.release()
+                    self.kernel = "tiled"
+                    return session
+        return make_session(spec, cfg, model.SerializeToString())
+
+    def _not_tiled(self, cfg: SessionConfig, spec: ModelSpec, err: Exception) -> None:
+        if cfg.kernel == "tiled":
+            raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
+        self.kernel_note = str(err)
 
     # -- cache ------------------------------------------------------------------------------
     def rewind(self, slot: int, length: int) -> None:

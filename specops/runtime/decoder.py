@@ -28,12 +28,28 @@ class SessionConfig:
     intra_op_threads: int = 2
     allow_spinning: bool = False  # spinning threads make CPU usage meaningless to an autoscaler
     cpu_arena: bool = False
+    # the target's matmul kernel (builder exports on the batch decoder): "auto" = specops' tiled
+    # kernel where it builds and runs, else stock onnxruntime; "tiled" = that or an error
+    kernel: str = "stock"
+    kernel_cache: str | None = None  # the kernel library and tiled weights (None: kernels.default_cache_dir())
 
 
-def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None) -> ort.InferenceSession:
+def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None,
+                 initializers: dict[str, np.ndarray] | None = None,
+                 custom_ops: str | None = None) -> ort.InferenceSession:
     """A CPU session on the folder's model file, or on `graph` (a rewritten copy of it, see
-    graph.py) whose external data is read from the model's folder."""
+    graph.py) whose external data is read from the model's folder; `initializers` are handed
+    to the session as they are (arrays the caller keeps alive), `custom_ops` is a library of
+    operators to register."""
     so = ort.SessionOptions()
+    if custom_ops:
+        try:
+            so.register_custom_ops_library(custom_ops)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise ModelFolderError(f"onnxruntime cannot load {custom_ops} ({err})") from None
+    if initializers:
+        so.add_external_initializers(list(initializers),
+                                     [ort.OrtValue.ortvalue_from_numpy(a) for a in initializers.values()])
     so.intra_op_num_threads = cfg.intra_op_threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

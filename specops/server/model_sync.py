@@ -19,7 +19,7 @@ from ..budget import plan_for
 from ..config import Settings
 from ..engine.llm_engine import Engine
 from ..engine.sampling_params import SamplingParams
-from ..loader import ModelPaths, load_batch_engine, load_engine
+from ..loader import ModelPaths, kernel_cache, load_batch_engine, load_engine, resolve_kernel
 from ..model_source import is_hub_id, sync_paths
 from ..runtime.model_folder import ModelFolderError, ModelSpec, read_model_folder
 from .health import Health
@@ -112,12 +112,15 @@ class ModelSync:
 
     def _load(self, paths: ModelPaths, target_spec: ModelSpec, draft_spec: ModelSpec | None) -> Engine:
         """Memory plan first (refuses what cannot fit, or lowers the context cap), then sessions."""
-        plan = plan_for(self.settings, target_spec, draft_spec)
+        kernel, why_not = resolve_kernel(self.settings.kernel, target_spec, kernel_cache(self.settings))
+        if why_not:
+            log.warning("target kernel: stock onnxruntime (%s)", why_not)
+        plan = plan_for(self.settings, target_spec, draft_spec, target_kernel=kernel)
         log.info("%s", plan.summary())
-        self.health.models = {"memory": plan.to_dict()}
+        self.health.models = {"memory": plan.to_dict(), "kernel": {"target": kernel, "note": why_not}}
         # checksums were verified while syncing: do not hash the weights twice
         settings = self.settings.model_copy(update={"verify_checksums": False, "context_length": plan.context_cap,
-                                                    "max_batch": plan.max_batch})
+                                                    "max_batch": plan.max_batch, "kernel": kernel})
         if settings.max_batch > 1 and target_spec.layout == "builder" and target_spec.share_past_present:
             return load_batch_engine(settings, paths)
         return load_engine(settings, paths)
@@ -132,6 +135,8 @@ class ModelSync:
         log.info("warm-up: %d tokens in %.2f s", len(result.token_ids), time.monotonic() - t0)
 
     def _describe(self, paths: ModelPaths, engine: Engine) -> dict:
-        return {"target": str(paths.target), "draft": str(paths.draft) if paths.draft else None,
+        target = getattr(engine.target, "batch", engine.target)  # SlotDecoder -> its BatchDecoder
+        kernel = {"target": getattr(target, "kernel", "stock"), "note": getattr(target, "kernel_note", None)}
+        return {"target": str(paths.target), "draft": str(paths.draft) if paths.draft else None, "kernel": kernel,
                 "context_cap": engine.capacity, "chat_template": engine.tokenizer.has_chat_template,
                 "default_speculator": self.settings.speculator}

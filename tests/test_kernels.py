@@ -1,0 +1,200 @@
+"""specops' tiled matmul kernel (specops/kernels/qmatmul.c) against onnxruntime's own MatMulNBits,
+its build and its fallback.
+
+The kernel computes what MLAS's accuracy level 4 computes (int8 activations per block of 32),
+in another order of fp32 additions; a row's result never depends on the rows beside it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from specops.config import Settings
+from specops.loader import engine_target, kernel_cache, resolve_kernel, target_config
+from specops.runtime import kernels
+from specops.runtime.batch_decoder import BatchDecoder
+from specops.runtime.decoder import Decoder, SessionConfig
+from specops.runtime.graph import _placeholder
+from specops.runtime.model_folder import ModelFolderError, read_model_folder
+
+TARGET = "models/target"  # Phi-3's format: int4 MatMulNBits, block 32, GroupQueryAttention
+
+
+def _cpu_runs_it() -> bool:
+    try:
+        kernels.library()
+        return True
+    except kernels.KernelUnavailable:
+        return False
+
+
+needs_kernel = pytest.mark.skipif(not _cpu_runs_it(), reason="the tiled kernel does not run here (see /health)")
+
+
+def _sessions(n: int, k: int, bits: int, rng) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+    """One MatMulNBits node on random codes and scales, stock and tiled."""
+    packed = rng.integers(0, 256, (n, k // 32, 32 * bits // 8), dtype=np.uint8)
+    scales = (rng.random(n * k // 32, dtype=np.float32) * 0.02 + 1e-3).astype(np.float32)
+    a = helper.make_tensor_value_info("A", TensorProto.FLOAT, ["b", "s", k])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["b", "s", n])
+    stock = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                          block_size=32, accuracy_level=4)], "stock", [a], [y],
+        [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")]),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    w, s = kernels.tile_weights(packed, scales, n, k, bits)
+    tiled = helper.make_model(helper.make_graph(
+        [helper.make_node("QMatMul", ["A", "W", "T"], ["Y"], domain="specops", K=k, N=n, bits=bits)],
+        "tiled", [a], [y], [_placeholder("W", w), _placeholder("T", s)]),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("specops", 1)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.register_custom_ops_library(str(kernels.library()))
+    so.add_external_initializers(["W", "T"], [ort.OrtValue.ortvalue_from_numpy(w), ort.OrtValue.ortvalue_from_numpy(s)])
+    return (ort.InferenceSession(stock.SerializeToString(), providers=["CPUExecutionProvider"]),
+            ort.InferenceSession(tiled.SerializeToString(), so, providers=["CPUExecutionProvider"]))
+
+
+@needs_kernel
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("n,k", [(16, 32), (960, 576), (3072, 1024)])
+def test_tiled_matches_stock_matmulnbits_and_rows_are_independent(bits, n, k):
+    rng = np.random.default_rng(bits * 1000 + n)
+    stock, tiled = _sessions(n, k, bits, rng)
+    for rows in (1, 2, 3, 5, 9, 12, 13, 40):
+        x = (rng.standard_normal((1, rows, k)) * rng.choice([0.1, 1, 30], size=(1, rows, 1))).astype(np.float32)
+        x[0, 0, :32] = 0  # an all-zero block: scale 0
+        want, got = stock.run(None, {"A": x})[0], tiled.run(None, {"A": x})[0]
+        assert got.shape == want.shape == (1, rows, n)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(np.abs(want).max()))
+        alone = np.concatenate([tiled.run(None, {"A": x[:, i:i + 1]})[0] for i in range(rows)], axis=1)
+        assert np.array_equal(alone, got), f"{rows} rows: a row's result depends on the rows beside it"
+
+
+def test_tile_layout_holds_every_code_once():
+    """The layout qmatmul.c reads (4 bits: chunk c, column j, byte i = k 8c+i | k 8c+4+i << 4)."""
+    n, k = 32, 64
+    codes = np.arange(n * k, dtype=np.int64).reshape(n, k) % 16
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8).reshape(n, k // 32, 16)
+    w, s = kernels.tile_weights(packed, np.arange(n * k // 32, dtype=np.float32), n, k, 4)
+    assert w.shape == (2, 2, 256) and s.shape == (2, 2, 16)
+    t, kb, c, j, i = 1, 1, 2, 5, 3
+    byte = w[t, kb, 64 * c + 4 * j + i]
+    assert byte & 15 == codes[16 * t + j, 32 * kb + 8 * c + i]
+    assert byte >> 4 == codes[16 * t + j, 32 * kb + 8 * c + 4 + i]
+    assert s[t, kb, j] == (16 * t + j) * (k // 32) + kb
+    w8, _ = kernels.tile_weights(codes.astype(np.uint8).reshape(n, k // 32, 32), s.ravel(), n, k, 8)
+    assert w8[t, kb, 64 * 6 + 4 * j + i] == codes[16 * t + j, 32 * kb + 4 * 6 + i]
+
+
+@needs_kernel
+def test_the_target_runs_tiled_and_agrees_with_stock():
+    spec = read_model_folder(TARGET)
+    tiled = BatchDecoder(spec, SessionConfig(kernel="tiled"), 1, 256)
+    stock = BatchDecoder(spec, SessionConfig(kernel="stock"), 1, 256)
+    assert (tiled.kernel, tiled.kernel_note, stock.kernel) == ("tiled", None, "stock")
+    ids = [[(7 * i) % 500 + 3 for i in range(20)]]
+    a, b = np.array(tiled.forward(ids)[0]), np.array(stock.forward(ids)[0])
+    assert a.shape == b.shape == (20, spec.vocab_size)
+    assert np.abs(a - b).max() < 0.05 * np.abs(b).max()
+    assert (a.argmax(-1) == b.argmax(-1)).mean() >= 0.9
+
+
+@needs_kernel
+def test_tiles_are_cached_per_model_file(tmp_path):
+    spec = read_model_folder(TARGET)
+    cfg = SessionConfig(kernel="tiled", kernel_cache=str(tmp_path))
+    BatchDecoder(spec, cfg, 1, 64)
+    [entry] = (tmp_path / "tiled").iterdir()
+    index = json.loads((entry / "index.json").read_text())
+    weights = [name for name in index if name.endswith("/tiled_weights")]
+    graph = onnx.load(str(spec.model_file), load_external_data=False).graph
+    assert len(weights) == sum(node.op_type == "MatMulNBits" for node in graph.node) > spec.num_layers
+    assert len(index) == 2 * len(weights)
+    stamp = (entry / "weights.bin").stat().st_mtime_ns
+    BatchDecoder(spec, cfg, 1, 64)
+    assert (entry / "weights.bin").stat().st_mtime_ns == stamp  # reused, not written again
+    assert list((tmp_path / "tiled").iterdir()) == [entry]
+    assert (tmp_path / kernels.library_name()).is_file()  # the library was built into the same cache
+
+
+def test_without_a_compiler_auto_falls_back_and_tiled_refuses(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "compiler", lambda: None)
+    kernels.library.cache_clear()
+    try:
+        spec = read_model_folder(TARGET)
+        assert resolve_kernel("auto", spec, tmp_path) == ("stock", "no C compiler (gcc, cc or clang) on PATH to "
+                                                                   "build the tiled kernel")
+        with pytest.raises(ModelFolderError, match="no C compiler"):
+            resolve_kernel("tiled", spec, tmp_path)
+        decoder = BatchDecoder(spec, SessionConfig(kernel="auto", kernel_cache=str(tmp_path)), 1, 64)
+        assert decoder.kernel == "stock" and "no C compiler" in decoder.kernel_note
+        assert resolve_kernel("stock", spec) == ("stock", None)
+    finally:
+        kernels.library.cache_clear()
+
+
+def test_a_library_that_does_not_build_or_load_falls_back(monkeypatch, tmp_path):
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(kernels, "SOURCE", broken)
+    cache = tmp_path / "cache"
+    kernels.library.cache_clear()
+    try:
+        with pytest.raises(kernels.KernelUnavailable, match="failed"):
+            kernels.library(cache)
+        decoder = BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="auto", kernel_cache=str(cache)), 1, 64)
+        assert decoder.kernel == "stock" and "building the tiled kernel" in decoder.kernel_note
+    finally:
+        kernels.library.cache_clear()
+    # a library onnxruntime cannot register (here: not a shared object at all): the session falls back
+    fake = tmp_path / "fake.so"
+    fake.write_bytes(b"\0" * 64)
+    monkeypatch.setattr("specops.runtime.batch_decoder.library", lambda cache=None: fake)
+    monkeypatch.setattr("specops.runtime.batch_decoder.resolve", lambda setting, folder, cache: ("tiled", None))
+    decoder = BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="auto"), 1, 64)
+    assert decoder.kernel == "stock" and "onnxruntime cannot load" in decoder.kernel_note
+    with pytest.raises(ModelFolderError, match="tiled kernel cannot run"):
+        BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="tiled"), 1, 64)
+
+
+def test_other_layouts_and_prepacked_folders_stay_on_stock(tmp_path):
+    draft = read_model_folder("models/draft")  # Optimum layout: concat cache, plain Decoder
+    kernel, why = resolve_kernel("auto", draft)
+    assert kernel == "stock" and "not a builder export" in why
+    with pytest.raises(ModelFolderError):
+        resolve_kernel("tiled", draft)
+    folder = tmp_path / "prepacked"
+    folder.mkdir()
+    (folder / "prepacked.json").write_text("{}")
+    kernel, why = kernels.resolve("auto", folder)
+    assert kernel == "stock" and "prepacked" in why
+
+
+@needs_kernel
+def test_the_engine_target_follows_the_setting():
+    spec = read_model_folder(TARGET)
+    assert engine_target(Settings(target_model=TARGET, kernel="tiled"), spec).batch.kernel == "tiled"
+    assert engine_target(Settings(target_model=TARGET, kernel="stock"), spec).batch.kernel == "stock"
+    assert isinstance(engine_target(Settings(target_model="models/draft"), read_model_folder("models/draft")),
+                      Decoder)
+
+
+def test_the_kernel_cache_follows_the_settings(monkeypatch, tmp_path):
+    assert kernel_cache(Settings(model_cache_dir=str(tmp_path))) == tmp_path / "kernels"
+    assert kernel_cache(Settings(kernel_cache_dir=str(tmp_path / "k"))) == tmp_path / "k"
+    assert target_config(Settings(model_cache_dir=str(tmp_path))).kernel_cache == str(tmp_path / "kernels")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert kernels.default_cache_dir() == tmp_path / "specops" / "kernels"
+
+
+def test_the_library_builds_into_a_given_folder(tmp_path):
+    if kernels.compiler() is None:
+        pytest.skip("no C compiler here")
+    built = kernels.build(tmp_path)
+    assert built == tmp_path / kernels.library_name() and built.stat().st_size > 0
+    assert list(tmp_path.iterdir()) == [built]  # no temporary files left
