@@ -93,6 +93,7 @@ class Profile:
     one_row_kernel_differs: bool
     kernel: str = "stock"
     kernel_note: str | None = None
+    one_row_ms: float | None = None  # the engine path's one-token pass on its one-row shape
     draft: str | None = None
     draft_pass_ms: float | None = None
     c: float | None = None
@@ -112,7 +113,8 @@ class Profile:
         if self.kernel_note:
             lines.append(f"(stock kernels on the engine path: {self.kernel_note})")
         if self.one_row_kernel_differs:
-            lines.append("(one-row kernel differs from the GEMM: the engine runs one-token passes as two rows)")
+            lines.append("(one-row kernel differs from the GEMM: the engine runs one-token passes as two rows; "
+                         f"one row alone: {self.one_row_ms:.2f} ms)")
         if self.draft:
             lines.append(f"draft {self.draft}: {self.draft_pass_ms:.3f} ms a pass, c = {self.c:.3f}")
         lines.append("predicted speedup over target-only (best k) at per-token acceptance:")
@@ -146,9 +148,14 @@ def profile(target, draft: Decoder | None, target_name: str, draft_name: str | N
     target.min_rows = 2 if (differs if consistent is None else consistent) else 1
     same = stock is None and target.min_rows == 1
     engine = baseline if same else pass_curve(target, max_tokens, past, rounds)
+    one_row = engine.ms[0]
+    if target.min_rows > 1:
+        target.min_rows = 1
+        one_row = pass_curve(target, 1, past, rounds).ms[0]
+        target.min_rows = 2
     batch = getattr(target, "batch", target)  # SlotDecoder -> its BatchDecoder
     out = Profile(target_name, baseline.ms, engine.ms, differs, getattr(batch, "kernel", "stock"),
-                  getattr(batch, "kernel_note", None), machine=machine())
+                  getattr(batch, "kernel_note", None), one_row, machine=machine())
     c = None
     if draft is not None:
         out.draft, out.draft_pass_ms = draft_name, pass_curve(draft, 1, past, rounds, 5).ms[0]

@@ -23,6 +23,7 @@ def test_profile_cli_reports_both_paths_and_the_draft():
     assert body["one_row_kernel_differs"] is False
     kernel, why = resolve_kernel("auto", read_model_folder("models/target"))
     assert (body["kernel"], body["kernel_note"]) == (kernel, why)
+    assert body["one_row_ms"] == body["verify_ms"][0]  # one-token passes run one row wide here
     assert body["draft"] == "models/draft" and body["draft_pass_ms"] > 0
     assert body["c"] == pytest.approx(body["draft_pass_ms"] / body["verify_ms"][0], rel=1e-3)
     assert set(body["predicted"]) == {"ngram", "draft"}

@@ -51,6 +51,8 @@ def test_health_and_liveness(client):
     body = client.get("/health").json()
     assert body["status"] == "ready" and body["reason"] is None
     assert body["models"]["context_cap"] > 0 and body["queue_depth"] == 0 and body["in_flight"] == 0
+    kernel = body["models"]["kernel"]  # the small target is a builder int4 export: tiled wherever it can run
+    assert kernel["target"] in ("tiled", "stock") and (kernel["target"] == "tiled") == (kernel["note"] is None)
 
 
 def test_generate_schema(client):
