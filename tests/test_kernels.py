@@ -120,6 +120,10 @@ def test_tiles_are_cached_per_model_file(tmp_path):
     assert (entry / "weights.bin").stat().st_mtime_ns == stamp  # reused, not written again
     assert list((tmp_path / "tiled").iterdir()) == [entry]
     assert (tmp_path / kernels.library_name()).is_file()  # the library was built into the same cache
+    with open(entry / "weights.bin", "r+b") as f:  # an entry cut short (a full disk, a crash): written again
+        f.truncate(1000)
+    again = BatchDecoder(spec, cfg, 1, 64)
+    assert again.kernel == "tiled" and (entry / "weights.bin").stat().st_size > 1000
 
 
 def test_without_a_compiler_auto_falls_back_and_tiled_refuses(monkeypatch, tmp_path):

@@ -64,32 +64,33 @@ class BatchDecoder:
         except KernelUnavailable as err:  # only when "tiled" was asked for
             raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
         if kernel == "tiled":
-            tiled = model.__class__()
-            tiled.CopyFrom(model)
             try:
-                # a damaged weight file raises ModelFolderError here, naming it: not a kernel problem
-                self._tiles = rewrite.tile_matmuls(tiled, spec.model_file, cache)  # kept: mapped
-                if not self._tiles.arrays:
-                    raise KernelUnavailable("no MatMulNBits node the tiled kernel runs (4 or 8 bits, block 32, "
-                                            "accuracy level 4)")
-            except (KernelUnavailable, OSError) as err:  # OSError: the tile cache cannot be written
-                self._not_tiled(cfg, spec, err)
-            else:
-                try:
-                    session = make_session(spec, cfg, tiled.SerializeToString(), self._tiles.arrays,
-                                           str(library(cache)))
-                except (KernelUnavailable, ModelFolderError) as err:
-                    self._not_tiled(cfg, spec, err)
-                else:
-                    self._tiles.release()
-                    self.kernel = "tiled"
-                    return session
+                return self._tiled_session(spec, cfg, model, cache)
+            except KernelUnavailable as err:
+                if cfg.kernel == "tiled":
+                    raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
+                self.kernel_note = str(err)
         return make_session(spec, cfg, model.SerializeToString())
 
-    def _not_tiled(self, cfg: SessionConfig, spec: ModelSpec, err: Exception) -> None:
-        if cfg.kernel == "tiled":
-            raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
-        self.kernel_note = str(err)
+    def _tiled_session(self, spec: ModelSpec, cfg: SessionConfig, model, cache: Path) -> ort.InferenceSession:
+        """The session with the tiled kernel, or KernelUnavailable saying why not. A damaged
+        weight file raises ModelFolderError naming it (not a kernel problem: no fallback)."""
+        tiled = model.__class__()
+        tiled.CopyFrom(model)  # `model` stays as it is for the stock session
+        try:
+            self._tiles = rewrite.tile_matmuls(tiled, spec.model_file, cache)  # kept: mapped
+        except OSError as err:
+            raise KernelUnavailable(f"cannot write the tiled weights into {cache}: {err}") from None
+        if not self._tiles.arrays:
+            raise KernelUnavailable("no MatMulNBits node the tiled kernel runs (4 or 8 bits, block 32, "
+                                    "accuracy level 4)")
+        try:
+            session = make_session(spec, cfg, tiled.SerializeToString(), self._tiles.arrays, str(library(cache)))
+        except ModelFolderError as err:  # e.g. a library onnxruntime cannot register
+            raise KernelUnavailable(str(err)) from None
+        self._tiles.release()
+        self.kernel = "tiled"
+        return session
 
     # -- cache ------------------------------------------------------------------------------
     def rewind(self, slot: int, length: int) -> None:

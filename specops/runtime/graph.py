@@ -145,10 +145,10 @@ def tile_matmuls(model, model_file: Path, cache: Path) -> Tiles:
     if not todo:
         return Tiles()
     entry = cache / "tiled" / _cache_key(model_file)
-    index_file = entry / "index.json"
-    if not index_file.exists():
+    index = _read_index(entry)
+    if index is None:  # first use of this model file, or an entry damaged since
         _write_tiles(todo, inits, model_file, entry)
-    index = json.loads(index_file.read_text())
+        index = _read_index(entry)
     data = np.memmap(entry / "weights.bin", dtype=np.uint8, mode="r")
     arrays = {name: data[off:off + np.prod(shape, dtype=np.int64) * np.dtype(dt).itemsize].view(dt).reshape(shape)
               for name, (off, shape, dt) in index.items()}
@@ -166,6 +166,18 @@ def tile_matmuls(model, model_file: Path, cache: Path) -> Tiles:
     if not any(o.domain == TILED_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(TILED_DOMAIN, 1))
     return Tiles(used, data)
+
+
+def _read_index(entry: Path) -> dict | None:
+    """A cache entry's index (name -> offset, shape, dtype), or None when the entry is missing or
+    its weights file is shorter than the index says."""
+    try:
+        index = json.loads((entry / "index.json").read_text())
+        need = max(off + int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+                   for off, shape, dt in index.values())
+        return index if (entry / "weights.bin").stat().st_size >= need else None
+    except (OSError, ValueError):
+        return None
 
 
 def _tiled_names(node) -> tuple[str, str]:
