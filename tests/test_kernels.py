@@ -166,6 +166,18 @@ def test_a_library_that_does_not_build_or_load_falls_back(monkeypatch, tmp_path)
         BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="tiled"), 1, 64)
 
 
+def test_a_cache_that_cannot_be_written_falls_back(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    kernels.library.cache_clear()
+    try:
+        decoder = BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="auto", kernel_cache=str(blocked / "k")),
+                               1, 64)
+    finally:
+        kernels.library.cache_clear()
+    assert decoder.kernel == "stock" and str(blocked) in decoder.kernel_note
+
+
 def test_other_layouts_and_prepacked_folders_stay_on_stock(tmp_path):
     draft = read_model_folder("models/draft")  # Optimum layout: concat cache, plain Decoder
     kernel, why = resolve_kernel("auto", draft)
