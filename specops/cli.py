@@ -19,14 +19,15 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         kind = field.annotation
         flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "").replace("%", "%%")  # argparse formats help with %
         if flag in parser._option_string_actions:  # a per-request flag of the same name wins
             continue
         if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is typing.Literal:
-            group.add_argument(flag, choices=typing.get_args(kind), default=None, help=field.description)
+            group.add_argument(flag, choices=typing.get_args(kind), default=None, help=help_text)
         else:
-            group.add_argument(flag, type=kind, default=None, help=field.description)
+            group.add_argument(flag, type=kind, default=None, help=help_text)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -43,3 +43,12 @@ def test_errors_are_clear():
     assert out.returncode == 2 and "/nonexistent: model folder does not exist" in out.stderr
     out = run_cli("generate", "--prompt", "x", "--max-new-tokens", "0")
     assert out.returncode == 2 and "max_new_tokens must be >= 1" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "serve", "profile", "prepare"])
+def test_help_lists_every_setting(command):
+    """`--help` formats every setting's description (a '%' in one crashed it for every command)."""
+    out = run_cli(command, "--help")
+    assert out.returncode == 0, out.stderr
+    if command != "prepare":
+        assert "--kernel {auto,tiled,stock}" in out.stdout and "7-14% more" in out.stdout
