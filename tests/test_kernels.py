@@ -214,3 +214,28 @@ def test_the_library_builds_into_a_given_folder(tmp_path):
     built = kernels.build(tmp_path)
     assert built == tmp_path / kernels.library_name() and built.stat().st_size > 0
     assert list(tmp_path.iterdir()) == [built]  # no temporary files left
+
+
+@needs_kernel
+def test_a_server_whose_tiles_cannot_be_written_serves_on_stock_kernels(tmp_path):
+    """`auto` falls back at load too, after the start-up check said the kernel runs: here the
+    library is in the cache, but the tiles' folder cannot be made (a file is in its way)."""
+    import shutil
+
+    import httpx
+    from server_harness import start_server
+
+    cache = tmp_path / "kernels"
+    cache.mkdir()
+    shutil.copy(kernels.library(), cache / kernels.library_name())
+    (cache / "tiled").write_text("in the way")
+    server = start_server({"SPECOPS_TARGET_MODEL": TARGET, "SPECOPS_DRAFT_MODEL": "none",
+                           "SPECOPS_KERNEL_CACHE_DIR": str(cache)})
+    try:
+        server.wait_ready(timeout=120)
+        kernel = server.health().json()["models"]["kernel"]
+        assert kernel["target"] == "stock" and "cannot write the tiled weights" in kernel["note"], kernel
+        r = httpx.post(server.base_url + "/generate", json={"prompt": "def f(x):\n", "max_new_tokens": 8}, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        assert server.stop() == 0

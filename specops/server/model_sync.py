@@ -120,7 +120,10 @@ class ModelSync:
         self.health.models = {"memory": plan.to_dict(), "kernel": {"target": kernel, "note": why_not}}
         # checksums were verified while syncing: do not hash the weights twice
         settings = self.settings.model_copy(update={"verify_checksums": False, "context_length": plan.context_cap,
-                                                    "max_batch": plan.max_batch, "kernel": kernel})
+                                                    "max_batch": plan.max_batch,
+                                                    # stock where it cannot tile; else the setting as given
+                                                    # (auto still falls back if tiling fails at load)
+                                                    "kernel": "stock" if kernel == "stock" else self.settings.kernel})
         if settings.max_batch > 1 and target_spec.layout == "builder" and target_spec.share_past_present:
             return load_batch_engine(settings, paths)
         return load_engine(settings, paths)
