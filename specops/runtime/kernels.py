@@ -81,7 +81,7 @@ def build(directory: Path) -> Path:
                     raise KernelUnavailable(f"building the tiled kernel with {cc} failed: "
                                             f"{(done.stderr or done.stdout).strip()[-400:]}")
                 os.replace(out, target)  # atomic: concurrent builders leave one whole file
-        except OSError as err:
+        except (OSError, subprocess.TimeoutExpired) as err:
             raise KernelUnavailable(f"cannot build the tiled kernel in {directory}: {err}") from None
     return target
 
