@@ -32,9 +32,13 @@ def server():
 
 
 def test_sixty_second_soak(server, tmp_path: Path):
-    # 15-second windows: a minute's run has four; the first 15 s of load are a warm-up (counted and
-    # checked, but not in the windows), as the first minute is in the 10-minute soak
-    report = soak.run_soak(server.base_url, clients=4, minutes=1.0, bucket_s=15.0, warmup_s=15.0,
+    # 15-second windows: a minute's run has four; the first 30 s of load are a warm-up (counted and
+    # checked, but not in the windows), as the first minute is in the 10-minute soak. On the tiled
+    # kernel the server starts smaller and its heap settles later: in a 3-minute soak (4 clients,
+    # this mix) RSS went 352.9 -> 355.0 -> 360.6 MiB over the first three 15 s windows and then
+    # stayed at 360.8-361.7 MiB (stock kernels: 364.2 -> 365.7 MiB); after a 15 s warm-up the
+    # first window caught that settling (6.0% twice in CI).
+    report = soak.run_soak(server.base_url, clients=4, minutes=1.0, bucket_s=15.0, warmup_s=30.0,
                            burst_every_s=10.0, burst_size=16)
     (tmp_path / "soak.json").write_text(json.dumps(report, indent=1))
     summary = json.dumps({k: report[k] for k in ("outcomes", "statuses", "rss", "idle", "windows",
