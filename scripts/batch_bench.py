@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "tests")]
 from load_test import run_clients, summarize  # noqa: E402
 from server_harness import start_server  # noqa: E402
 
-from specops.bench import load_prompt_items  # noqa: E402
+from specops.bench import emit_report, load_prompt_items  # noqa: E402
 
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
@@ -102,10 +101,7 @@ def main() -> int:
         report["openvino"] = openvino(texts[:args.clients], args.max_new_tokens)
         report["ratios"][f"{many}_tok_s_vs_openvino_batched"] = round(
             bn[many]["tokens_per_s"] / report["openvino"]["batched_tok_s"], 3)
-    line = json.dumps(report)
-    print(line)
-    if args.json:
-        args.json.write_text(line + "\n")
+    emit_report(report, args.json)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -31,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specops.bench import greedy_mismatches, load_prompt_set, peer_ratios, run_interleaved, summarize  # noqa: E402
+from specops.bench import (emit_report, greedy_mismatches, load_prompt_set, peer_ratios,  # noqa: E402
+                           run_interleaved, summarize)
 from specops.config import Settings  # noqa: E402
 from specops.loader import load_engine, local_paths  # noqa: E402
 
@@ -140,9 +140,8 @@ def main() -> int:
     if args.limit:
         sets = {k: v[:args.limit] for k, v in sets.items()}
     progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
-    batch = getattr(engine.target, "batch", engine.target)
     report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
-              "kernel": getattr(batch, "kernel", "stock"), "kernel_note": getattr(batch, "kernel_note", None),
+              "kernel": engine.target.kernel, "kernel_note": engine.target.kernel_note,
               "max_new_tokens": args.max_new_tokens, "k": args.k,
               # start-up calibration; each set's bound uses the online estimates in its bound_costs
               **cost_figures(engine, args.k), "sets": {}}
@@ -167,10 +166,7 @@ def main() -> int:
                     for s in ("ngram", "auto")}
     if refused:
         report["peers_refused"] = refused
-    line = json.dumps(report)
-    print(line)
-    if args.json:
-        args.json.write_text(line + "\n")
+    emit_report(report, args.json)
     if args.chart:
         from chart import draw  # scripts/chart.py; matplotlib only when asked
 

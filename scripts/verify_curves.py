@@ -10,7 +10,8 @@ test): a target pass over n = 1..N tokens after `--past` tokens of context on
             decomposed attention takes it
 
 Each round times every candidate's sweep (shortest to longest, 2 warm-up passes and 3 timed per
-length) one after the other; medians over rounds. Prints one JSON line (--json writes it).
+length: specops.profile.pass_curve; the OpenVINO worker does the same) one after the other;
+medians over rounds. Prints one JSON line (--json writes it).
 
     python scripts/verify_curves.py --target build/shapes/phi3-mini-int4 [--rounds 3] [--threads 2]
 """
@@ -59,24 +60,6 @@ def openvino_worker(model_file: str, threads: int, max_tokens: int, past: int, k
         print(json.dumps(times), flush=True)
 
 
-def ort_sweep(decoder, max_tokens: int, past: int) -> list[float]:
-    ids = (np.arange(past + max_tokens) % 200 + 3).tolist()
-    decoder.reset()
-    decoder.prefill(ids[:past])
-    times = []
-    for n in range(1, max_tokens + 1):
-        samples = []
-        for i in range(5):
-            t = time.perf_counter()
-            decoder.append(ids[past:past + n], copy=False)
-            if i >= 2:
-                samples.append(time.perf_counter() - t)
-            decoder.rewind(past)
-        times.append(float(np.median(samples)) * 1e3)
-    decoder.reset()
-    return times
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="build/shapes/phi3-mini-int4")
@@ -94,7 +77,8 @@ def main() -> int:
         openvino_worker(args.target, args.threads, args.max_tokens, args.past, args.kv_heads, args.head_dim)
         return 0
 
-    from specops.profile import machine
+    from specops.bench import emit_report
+    from specops.profile import machine, pass_curve
     from specops.runtime.batch_decoder import BatchDecoder, SlotDecoder
     from specops.runtime.decoder import Decoder, SessionConfig
     from specops.runtime.model_folder import read_model_folder
@@ -114,7 +98,7 @@ def main() -> int:
     sweeps: dict[str, list[list[float]]] = {name: [] for name in [*candidates, *(["openvino"] if worker else [])]}
     for _ in range(args.rounds):
         for name, decoder in candidates.items():
-            sweeps[name].append(ort_sweep(decoder, args.max_tokens, args.past))
+            sweeps[name].append(pass_curve(decoder, args.max_tokens, args.past, rounds=1).ms)
         if worker:
             worker.stdin.write("sweep\n")
             worker.stdin.flush()
@@ -128,10 +112,7 @@ def main() -> int:
               "rounds": args.rounds, "curves_ms": curves,
               "ratio_to_best_one_token": {name: [round(v / best_one, 3) for v in c] for name, c in curves.items()},
               "machine": machine(), **({"openvino": ready["openvino"]} if worker else {})}
-    line = json.dumps(report)
-    print(line)
-    if args.json:
-        args.json.write_text(line + "\n")
+    emit_report(report, args.json)
     return 0
 
 

@@ -31,6 +31,14 @@ def near_tie_margin(folder: Path) -> float:
     return float(json.loads(record.read_text())["recipe"]["near_tie"]) if record.is_file() else NEAR_TIE
 
 
+def emit_report(report: dict, path: Path | None) -> None:
+    """A benchmark script's result: one JSON line on stdout, and in `path` when given."""
+    line = json.dumps(report)
+    print(line)
+    if path:
+        path.write_text(line + "\n")
+
+
 def load_prompt_items(name: str) -> list[dict]:
     """prompts/<name>.jsonl: {"kind": "free" | "chat" | ..., "prompt": text} per line."""
     return [json.loads(line) for line in (PROMPTS / f"{name}.jsonl").read_text().splitlines() if line]

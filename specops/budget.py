@@ -272,11 +272,9 @@ def _weights(folder: Path, model_file: Path, name: str, tiled: bool = False) -> 
     is mapped at load is clean file pages the kernel can reclaim (Phi-3 shape: 2.5 GiB resident
     after load, measured)."""
     marker = _read_json(folder / PREPACKED_MARKER)
-    if tiled and not marker:
-        return weight_file_bytes(model_file), 0, None
     if not marker:
         files = weight_file_bytes(model_file)
-        return files, files, None
+        return files, 0 if tiled else files, None
     resident = int(marker["resident_weight_bytes"])  # prepacked blobs + initializers nothing repacks
     try:
         ort_version = metadata.version("onnxruntime")

@@ -153,9 +153,8 @@ def profile(target, draft: Decoder | None, target_name: str, draft_name: str | N
         target.min_rows = 1
         one_row = pass_curve(target, 1, past, rounds).ms[0]
         target.min_rows = 2
-    batch = getattr(target, "batch", target)  # SlotDecoder -> its BatchDecoder
-    out = Profile(target_name, baseline.ms, engine.ms, differs, getattr(batch, "kernel", "stock"),
-                  getattr(batch, "kernel_note", None), one_row, machine=machine())
+    out = Profile(target_name, baseline.ms, engine.ms, differs, target.kernel, target.kernel_note, one_row,
+                  machine=machine())
     c = None
     if draft is not None:
         out.draft, out.draft_pass_ms = draft_name, pass_curve(draft, 1, past, rounds, 5).ms[0]

@@ -177,6 +177,14 @@ class SlotDecoder:
         return int(self.batch.lengths[self.slot])
 
     @property
+    def kernel(self) -> str:
+        return self.batch.kernel
+
+    @property
+    def kernel_note(self) -> str | None:
+        return self.batch.kernel_note
+
+    @property
     def min_rows(self) -> int:
         return self.batch.min_rows
 

@@ -69,6 +69,8 @@ def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None
 class Decoder:
     """A causal LM with its KV cache. `length` tokens are cached; `append` adds more."""
 
+    kernel, kernel_note = "stock", None  # onnxruntime's own kernels (the tiled kernel: batch_decoder.py)
+
     def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), capacity: int | None = None,
                  compact_after: int = 64, session: ort.InferenceSession | None = None):
         """`session`: share another Decoder's session (its own cache; e.g. one draft per

@@ -138,8 +138,7 @@ class ModelSync:
         log.info("warm-up: %d tokens in %.2f s", len(result.token_ids), time.monotonic() - t0)
 
     def _describe(self, paths: ModelPaths, engine: Engine) -> dict:
-        target = getattr(engine.target, "batch", engine.target)  # SlotDecoder -> its BatchDecoder
-        kernel = {"target": getattr(target, "kernel", "stock"), "note": getattr(target, "kernel_note", None)}
+        kernel = {"target": engine.target.kernel, "note": engine.target.kernel_note}
         return {"target": str(paths.target), "draft": str(paths.draft) if paths.draft else None, "kernel": kernel,
                 "context_cap": engine.capacity, "chat_template": engine.tokenizer.has_chat_template,
                 "default_speculator": self.settings.speculator}
