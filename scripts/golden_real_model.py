@@ -2,6 +2,7 @@
 """Golden greedy ids of the default model, from onnxruntime-genai on the folder `specops prepare`
 made: models/golden/smollm2_greedy.json, which tests/test_real_model.py checks our engine against.
 The file records the folder's manifest digest; a conversion that changes the weights needs new ids.
+Rewrites models/golden/manifest.sha256.
 
     python scripts/golden_real_model.py [--folder DIR] [--prompts 12] [--new-tokens 48]
 """
@@ -17,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from specops.bench import load_prompt_items, prompt_text  # noqa: E402
 from specops.config import EMBEDDED_MODELS, Settings  # noqa: E402
 from specops.loader import local_folder  # noqa: E402
-from specops.runtime.model_folder import MANIFEST, file_sha256  # noqa: E402
+from specops.runtime.model_folder import MANIFEST, file_sha256, write_manifest  # noqa: E402
 from specops.runtime.tokenizer import TextTokenizer  # noqa: E402
 from specops_build.report import golden_document, ort_genai_greedy  # noqa: E402
 
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
     args.out.write_text(golden_document(records, args.new_tokens, prompt_set=PROMPT_SET,
                                         manifest_sha256=file_sha256(folder / MANIFEST)))
     print(f"{len(records)} prompts -> {args.out}")
+    if args.out.parent == GOLDEN.parent:  # models/golden/manifest.sha256 lists it
+        print(f"manifest: {write_manifest(args.out.parent)} files in {args.out.parent}")
     return 0
 
 
