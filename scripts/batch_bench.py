@@ -4,9 +4,11 @@ benchmark; not a test). Starts the service twice on the default model (SPECOPS_M
 =B), each time 1 client and then C clients streaming the same chat prompts through /generate;
 optionally OpenVINO GenAI on the same weights, the same prompts all in one generate call (its
 continuous batching) and one at a time. Prints one JSON line (and --json writes it).
+--ignore-eos: every request, ours and OpenVINO's, generates exactly --max-new-tokens, so tokens/s
+compare equal lengths.
 
     python scripts/batch_bench.py [--batch 8] [--clients 8] [--requests 16] [--max-new-tokens 64]
-        [--speculator auto] [--openvino] [--json out.json]
+        [--speculator auto] [--openvino] [--ignore-eos] [--json out.json]
 """
 from __future__ import annotations
 
@@ -52,10 +54,10 @@ def serve_and_load(env: dict, bodies: list[dict], clients: list[int]) -> dict:
         server.stop()
 
 
-def openvino(texts: list[str], max_new_tokens: int) -> dict:
+def openvino(texts: list[str], max_new_tokens: int, ignore_eos: bool) -> dict:
     from peers.subprocess_peer import openvino_peer
 
-    peer = openvino_peer("greedy")
+    peer = openvino_peer("greedy", ignore_eos=ignore_eos)
     try:
         t0 = time.perf_counter()
         one = sum(peer.run(t, max_new_tokens)["n_tokens"] for t in texts)
@@ -77,16 +79,17 @@ def main() -> int:
     ap.add_argument("--speculator", default="auto")
     ap.add_argument("--set", default="chat_real", help="prompt set (prompts/<set>.jsonl)")
     ap.add_argument("--openvino", action="store_true", help="also OpenVINO GenAI (scripts/peers/setup_peers.sh)")
+    ap.add_argument("--ignore-eos", action="store_true", help="every request generates exactly --max-new-tokens")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     items = load_prompt_items(args.set)
     texts = [chatml(items[i % len(items)]["prompt"]) for i in range(args.requests)]
-    bodies = [{"prompt": t, "max_new_tokens": args.max_new_tokens, "speculator": args.speculator, "k_draft": 8}
-              for t in texts]
+    bodies = [{"prompt": t, "max_new_tokens": args.max_new_tokens, "speculator": args.speculator, "k_draft": 8,
+               "ignore_eos": args.ignore_eos} for t in texts]
     env = {"SPECOPS_QUEUE_SIZE": str(args.requests + 8)}
     clients = [1, args.clients]
     report = {"requests": args.requests, "max_new_tokens": args.max_new_tokens, "speculator": args.speculator,
-              "set": args.set}
+              "set": args.set, "ignore_eos": args.ignore_eos}
     report["b1"] = serve_and_load({**env, "SPECOPS_MAX_BATCH": "1"}, bodies, clients)
     report[f"b{args.batch}"] = serve_and_load({**env, "SPECOPS_MAX_BATCH": str(args.batch)}, bodies, clients)
     b1, bn = report["b1"], report[f"b{args.batch}"]
@@ -98,7 +101,7 @@ def main() -> int:
         "mean_batch_size": round(bn["batch_size_sum"] / bn["batch_size_count"], 2) if bn["batch_size_count"] else None,
     }
     if args.openvino:
-        report["openvino"] = openvino(texts[:args.clients], args.max_new_tokens)
+        report["openvino"] = openvino(texts[:args.clients], args.max_new_tokens, args.ignore_eos)
         report["ratios"][f"{many}_tok_s_vs_openvino_batched"] = round(
             bn[many]["tokens_per_s"] / report["openvino"]["batched_tok_s"], 3)
     emit_report(report, args.json)

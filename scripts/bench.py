@@ -5,11 +5,24 @@ Prints one JSON line; --json writes it to a file, --chart draws tok/s and TPJ pe
 (needs matplotlib). Not a test.
 
     python scripts/bench.py [--sets copy_real,chat_real] [--repeats 3] [--max-new-tokens 96] [--k 4]
-        [--peers ort_genai,llama_cpp,openvino] [--json out.json] [--chart out.png]
+        [--peers ort_genai,llama_cpp,openvino] [--ignore-eos] [--baseline-folder PATH [--baseline-precision int8]]
+        [--json out.json] [--chart out.png]
+
+--ignore-eos: every run, ours and the peers', generates exactly --max-new-tokens (as vLLM's
+benchmarks do), so tokens/s compare equal lengths; a peer whose answers end early would otherwise
+look faster or slower by accident. Our engine and OpenVINO GenAI (GenerationConfig.ignore_eos)
+commit an end-of-sequence token like any other, llama.cpp's token loop goes on past it, and
+onnxruntime-genai, which has no such option, gets min_length = prompt + max_new_tokens (it masks
+the end-of-sequence tokens instead: the same lengths, other tokens after that point).
 
 Peer `specops_stock`: this engine again with onnxruntime's own matmul kernels (SPECOPS_KERNEL=stock)
 in modes none, ngram and auto, so the tiled kernel's gain and each speculator's speedup on both
 kernels come from one interleaved run.
+
+Peers `specops_baseline_{none,ngram,auto}` (--baseline-folder): this engine again on another
+target folder (e.g. an older int8 export) with kernel_precision --baseline-precision (int8:
+int8 activations), the same draft, interleaved the same way; `baseline_speedups` are each
+speculator's speedup there and `peer_ratios` compare ours with it mode by mode.
 
 Peers: onnxruntime-genai's greedy and n-gram modes on our ONNX folder (and its draft mode where it
 accepts the pair; the `prepare` extra has it); llama.cpp (llama-cpp-python) on the GGUF itself and
@@ -30,63 +43,89 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specops.bench import (emit_report, greedy_mismatches, load_prompt_set, peer_ratios,  # noqa: E402
-                           run_interleaved, summarize)
+from specops.bench import (emit_report, greedy_mismatches, load_prompt_set, mode_speedups,  # noqa: E402
+                           peer_ratios, run_interleaved, summarize)
 from specops.config import Settings  # noqa: E402
 from specops.loader import load_engine, local_paths  # noqa: E402
 
 SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
 # our speculator <-> the peer modes it is compared with
-PEER_OF = {"none": ["ort_genai_greedy", "llama_cpp_greedy", "openvino_greedy", "specops_stock_none"],
-           "ngram": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup", "specops_stock_ngram"],
-           "auto": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup", "specops_stock_auto"],
+ENGINE_PEER_MODES = ("none", "ngram", "auto")  # the speculators this engine runs as a peer of itself
+PEER_OF = {"none": ["ort_genai_greedy", "llama_cpp_greedy", "openvino_greedy", "specops_stock_none",
+                    "specops_baseline_none"],
+           "ngram": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup", "specops_stock_ngram",
+                     "specops_baseline_ngram"],
+           "auto": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup", "specops_stock_auto",
+                    "specops_baseline_auto"],
            "draft": ["ort_genai_draft", "ort_genai_draft_same_vocab"]}
 
 
-def ort_genai_peers(paths, k: int) -> tuple[dict, dict]:
+def ort_genai_peers(paths, k: int, ignore_eos: bool) -> tuple[dict, dict]:
     """onnxruntime-genai's greedy, n-gram and draft modes on the same folders (scripts/peers)."""
     from peers import ort_genai as og
 
-    runners = {"ort_genai_greedy": og.greedy_runner(paths.target), "ort_genai_ngram": og.ngram_runner(paths.target, k=k)}
+    runners = {"ort_genai_greedy": og.greedy_runner(paths.target, ignore_eos=ignore_eos),
+               "ort_genai_ngram": og.ngram_runner(paths.target, k=k, ignore_eos=ignore_eos)}
     refused: dict[str, str] = {}
     if paths.draft is not None:
         try:
-            runners["ort_genai_draft"] = og.draft_runner(paths.target, paths.draft, k=k)
+            runners["ort_genai_draft"] = og.draft_runner(paths.target, paths.draft, k=k, ignore_eos=ignore_eos)
         except og.PeerRefused as err:  # a draft with a different vocabulary: reported verbatim
             refused["ort_genai_draft"] = str(err)
     return {name: run.tokens_per_second for name, run in runners.items()}, refused
 
 
-def subprocess_peers(which: list[str], k: int) -> dict:
+def subprocess_peers(which: list[str], k: int, ignore_eos: bool) -> dict:
     """llama.cpp and OpenVINO GenAI, greedy and prompt lookup, each in its own virtualenv."""
     from peers.subprocess_peer import llama_cpp_peer, openvino_peer
 
     make = {"llama_cpp": llama_cpp_peer, "openvino": openvino_peer}
-    return {f"{name}_{mode}": make[name](mode, k=k).tokens_per_second
+    return {f"{name}_{mode}": make[name](mode, k=k, ignore_eos=ignore_eos).tokens_per_second
             for name in which for mode in ("greedy", "lookup")}
 
 
-def stock_kernel_peers(settings: Settings, paths, k: int) -> dict:
-    """This engine on onnxruntime's own kernels, target-only, n-gram and auto."""
+def engine_peers(engine, prefix: str, k: int, ignore_eos: bool) -> dict:
+    """Another engine (other settings) as peers `{prefix}_{mode}`, one per ENGINE_PEER_MODES."""
     from specops.engine.sampling_params import SamplingParams
-
-    engine = load_engine(settings.model_copy(update={"kernel": "stock"}), paths)
 
     def runner(speculator: str):
         def run(ids: list[int], max_new_tokens: int) -> float:
-            params = SamplingParams(max_new_tokens=max_new_tokens, speculator=speculator, k_draft=k)
+            params = SamplingParams(max_new_tokens=max_new_tokens, speculator=speculator, k_draft=k,
+                                    ignore_eos=ignore_eos)
             return engine.generate(ids, params).stats.tokens_per_second
         return run
 
-    return {f"specops_stock_{s}": runner(s) for s in ("none", "ngram", "auto")}
+    return {f"{prefix}_{s}": runner(s) for s in ENGINE_PEER_MODES}
 
 
-def peer_runners(settings: Settings, paths, which: list[str], k: int) -> tuple[dict, dict]:
+def stock_kernel_peers(settings: Settings, paths, k: int, ignore_eos: bool) -> dict:
+    """This engine on onnxruntime's own kernels, target-only, n-gram and auto."""
+    engine = load_engine(settings.model_copy(update={"kernel": "stock"}), paths)
+    return engine_peers(engine, "specops_stock", k, ignore_eos)
+
+
+def baseline_settings(settings: Settings, folder: Path, precision: str) -> Settings:
+    """Our settings with another target folder and kernel precision (the tokenizer is that
+    folder's own; the draft stays ours)."""
+    return settings.model_copy(update={"target_model": str(folder), "target_tokenizer": "",
+                                       "kernel_precision": precision})
+
+
+def baseline_peers(settings: Settings, folder: Path, precision: str, k: int, ignore_eos: bool) -> tuple[dict, dict]:
+    """This engine on `folder` at `precision` as peers specops_baseline_*, and what was loaded."""
+    baseline = baseline_settings(settings, folder, precision)
+    engine = load_engine(baseline, local_paths(baseline))
+    loaded = {"folder": str(folder), "kernel_precision": precision, "kernel": engine.target.kernel,
+              "kernel_note": engine.target.kernel_note}
+    return engine_peers(engine, "specops_baseline", k, ignore_eos), loaded
+
+
+def peer_runners(settings: Settings, paths, which: list[str], k: int, ignore_eos: bool) -> tuple[dict, dict]:
     sys.path.insert(0, str(ROOT / "scripts"))
-    peers, refused = ort_genai_peers(paths, k) if "ort_genai" in which else ({}, {})
-    peers.update(subprocess_peers([w for w in which if w not in ("ort_genai", "specops_stock")], k))
+    peers, refused = ort_genai_peers(paths, k, ignore_eos) if "ort_genai" in which else ({}, {})
+    peers.update(subprocess_peers([w for w in which if w not in ("ort_genai", "specops_stock")], k, ignore_eos))
     if "specops_stock" in which:
-        peers.update(stock_kernel_peers(settings, paths, k))
+        peers.update(stock_kernel_peers(settings, paths, k, ignore_eos))
     return peers, refused
 
 
@@ -128,13 +167,25 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--chart", type=Path)
     parser.add_argument("--peers", default="", help="comma-separated: ort_genai, llama_cpp, openvino, specops_stock")
+    parser.add_argument("--ignore-eos", action="store_true",
+                        help="every run (ours and the peers') generates exactly --max-new-tokens")
+    parser.add_argument("--baseline-folder", type=Path,
+                        help="peers specops_baseline_{none,ngram,auto}: this engine on that target folder")
+    parser.add_argument("--baseline-precision", default="int8", choices=["auto", "fp32", "bf16", "int8"],
+                        help="the baseline's kernel_precision (default int8: int8 activations)")
     args = parser.parse_args()
 
     settings = Settings()
     paths = local_paths(settings)
     engine = load_engine(settings, paths)
     startup = copy.deepcopy(engine.cost)  # pass costs timed alone, before the online estimates move
-    peers, refused = peer_runners(settings, paths, args.peers.split(","), args.k) if args.peers else ({}, {})
+    peers, refused = (peer_runners(settings, paths, args.peers.split(","), args.k, args.ignore_eos)
+                      if args.peers else ({}, {}))
+    baseline = None
+    if args.baseline_folder:
+        baseline_runners, baseline = baseline_peers(settings, args.baseline_folder, args.baseline_precision, args.k,
+                                                    args.ignore_eos)
+        peers.update(baseline_runners)
     speculators = args.speculators.split(",")
     sets = {name: load_prompt_set(name, engine.tokenizer) for name in args.sets.split(",")}
     if args.limit:
@@ -142,12 +193,13 @@ def main() -> int:
     progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
     report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
               "kernel": engine.target.kernel, "kernel_note": engine.target.kernel_note,
-              "max_new_tokens": args.max_new_tokens, "k": args.k,
+              "max_new_tokens": args.max_new_tokens, "k": args.k, "ignore_eos": args.ignore_eos,
+              **({"baseline": baseline} if baseline else {}),
               # start-up calibration; each set's bound uses the online estimates in its bound_costs
               **cost_figures(engine, args.k), "sets": {}}
     for name, prompts in sets.items():
         run = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress,
-                              peers)
+                              peers, ignore_eos=args.ignore_eos)
         results = run.results
         report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k, startup),
                                 # the engine's online estimates by now (what bound_online used)
@@ -158,12 +210,9 @@ def main() -> int:
             report["sets"][name]["peers"] = {p: {"tok_s": round(float(np.median(rates)), 1)}
                                              for p, rates in run.peer_rates.items()}
             report["sets"][name]["peer_ratios"] = peer_ratios(run, PEER_OF)
-            if "specops_stock_none" in run.peer_rates:  # each stock-kernel speculator over stock target-only
-                report["sets"][name]["stock_kernel_speedups"] = {
-                    s: round(float(np.median([a / b for ra, rb in zip(run.peer_rates[f"specops_stock_{s}"],
-                                                                       run.peer_rates["specops_stock_none"])
-                                              for a, b in zip(ra, rb) if a > 0 and b > 0])), 3)
-                    for s in ("ngram", "auto")}
+            for prefix, key in (("specops_stock", "stock_kernel_speedups"), ("specops_baseline", "baseline_speedups")):
+                if f"{prefix}_none" in run.peer_rates:  # each speculator there over target-only there
+                    report["sets"][name][key] = mode_speedups(run, prefix, ENGINE_PEER_MODES[1:])
     if refused:
         report["peers_refused"] = refused
     emit_report(report, args.json)

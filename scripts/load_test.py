@@ -124,7 +124,7 @@ def engine_runner():
 
     def run(body: dict) -> int:
         params = SamplingParams(max_new_tokens=body["max_new_tokens"], speculator=body["speculator"],
-                                k_draft=body["k_draft"])
+                                k_draft=body["k_draft"], ignore_eos=body.get("ignore_eos", False))
         return len(engine.generate(engine.tokenizer.encode(body["prompt"]), params).token_ids)
     return run
 

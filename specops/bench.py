@@ -110,9 +110,11 @@ class Interleaved:
 
 def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[str], repeats: int,
                     max_new_tokens: int, k: int, tick: Callable[[], None] | None = None,
-                    peers: dict[str, PeerRun] | None = None) -> Interleaved:
+                    peers: dict[str, PeerRun] | None = None, ignore_eos: bool = False) -> Interleaved:
     """Each repeat runs every prompt under every speculator, then every peer, back to back, so
-    that a peer's per-prompt ratio to a speculator compares runs seconds apart."""
+    that a peer's per-prompt ratio to a speculator compares runs seconds apart. `ignore_eos`:
+    every run of ours goes to max_new_tokens (peers are built to do the same), so that rates
+    compare equal lengths rather than answers that happen to end early."""
     peers = peers or {}
     run = Interleaved({s: [[] for _ in prompts] for s in speculators}, {p: [[] for _ in prompts] for p in peers})
     for _ in range(repeats):
@@ -120,7 +122,7 @@ def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[
             for s in speculators:
                 speculator, adaptive = parse_speculator(s)
                 params = SamplingParams(max_new_tokens=max_new_tokens, speculator=speculator, k_draft=k,
-                                        adaptive_k=adaptive)
+                                        adaptive_k=adaptive, ignore_eos=ignore_eos)
                 run.results[s][i].append(engine.generate(ids, params))
                 if tick:
                     tick()
@@ -144,6 +146,20 @@ def peer_ratios(run: Interleaved, pairs: dict[str, list[str]]) -> dict[str, floa
                           for r, rate in zip(rs, rates) if rate > 0 and r.stats.tokens_per_second > 0]
                 if ratios:
                     out[f"{mine}_vs_{theirs}"] = round(float(np.median(ratios)), 3)
+    return out
+
+
+def mode_speedups(run: Interleaved, prefix: str, modes: tuple[str, ...]) -> dict[str, float]:
+    """For peers named `{prefix}_{mode}` (this engine under other settings): each mode's median
+    over (prompt, repeat) of its tokens/s over `{prefix}_none`'s in the same prompt and repeat,
+    i.e. each speculator's speedup on those settings; runs without a rate are left out."""
+    base = run.peer_rates[f"{prefix}_none"]
+    out = {}
+    for mode in modes:
+        ratios = [a / b for ra, rb in zip(run.peer_rates[f"{prefix}_{mode}"], base)
+                  for a, b in zip(ra, rb) if a > 0 and b > 0]
+        if ratios:
+            out[mode] = round(float(np.median(ratios)), 3)
     return out
 
 

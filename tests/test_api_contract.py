@@ -97,6 +97,9 @@ def test_schema_states_the_model_and_setting_limits(schema, model):
     assert _member(stop, type="array")["maxItems"] == 16 and _member(stop, type="string")["maxLength"] == 256
     assert _props(schema, "CompletionRequest")["n"]["maximum"] == 1
     assert _member(chat["logprobs"], type="boolean")["const"] is False
+    for request in ("GenerateRequest", "CompletionRequest", "ChatCompletionRequest"):  # vLLM's extension field
+        ignore_eos = _props(schema, request)["ignore_eos"]
+        assert ignore_eos["type"] == "boolean" and ignore_eos["default"] is False and ignore_eos["description"]
 
 
 @pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions"])
@@ -213,6 +216,10 @@ STRICT_CASES = [
     ("/generate", {"prompt": "x", "k_draft": 2.5}, "k_draft: Input should be a valid integer"),
     ("/generate", {"prompt": "x", "stream": "true"}, "stream: Input should be a valid boolean"),
     ("/generate", {"prompt": ["x"]}, "prompt: Input should be a valid string"),
+    ("/generate", {"prompt": "x", "ignore_eos": 1}, "ignore_eos: Input should be a valid boolean"),
+    ("/v1/completions", {"prompt": "x", "ignore_eos": "true"}, "ignore_eos: Input should be a valid boolean"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "ignore_eos": None},
+     "ignore_eos: Input should be a valid boolean"),
 ]
 
 

@@ -98,6 +98,22 @@ def test_a_cancelled_sequence_frees_its_slot_and_the_others_are_unchanged(engine
         assert seqs[i].result.token_ids == alone[i]
 
 
+def test_ignore_eos_in_a_batch_runs_to_the_budget_as_alone(engine, batch_engine):
+    """Chat prompts whose greedy answers end on an EOS id (at once, after 43 tokens) share passes
+    with one that does not ignore it: each gives what it gives alone."""
+    items = [{"kind": "chat", "prompt": q} for q in ("Tell me about exceptions.", "What is a lambda in Python?")]
+    ids = [prompt_ids(item, engine.tokenizer) for item in items + [PROMPTS[0]]]
+    params = [SamplingParams(max_new_tokens=48, speculator="ngram", ignore_eos=True),
+              SamplingParams(max_new_tokens=48, speculator="draft", k_draft=3, ignore_eos=True),
+              SamplingParams(max_new_tokens=48, speculator="none")]
+    results = batch_engine.generate_all([Sequence(i, p) for i, p in zip(ids, params)])
+    for i, (res, p) in enumerate(zip(results, params)):
+        alone = engine.generate(ids[i], SamplingParams(max_new_tokens=48, speculator="none", ignore_eos=p.ignore_eos))
+        assert res.token_ids == alone.token_ids and res.finish_reason == alone.finish_reason, f"prompt {i}"
+    assert all(len(r.token_ids) == 48 and r.finish_reason == "length" for r in results[:2])
+    assert any(t in engine.eos_ids for r in results[:2] for t in r.token_ids)
+
+
 def test_width_falls_as_the_batch_grows(batch_engine):
     """The same offers: one sequence gets a long round, many share a short one."""
     from specops.engine.adaptive import CostModel

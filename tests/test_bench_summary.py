@@ -1,7 +1,8 @@
 """The benchmark's summary (specops.bench): what enters the medians."""
 import dataclasses
 
-from specops.bench import parse_speculator, peer_ratios, run_interleaved, summarize
+from specops.bench import Interleaved, mode_speedups, parse_speculator, peer_ratios, run_interleaved, summarize
+from specops.runtime.tokenizer import ChatMessage
 
 
 def _ended_at_once(result):
@@ -38,6 +39,22 @@ def test_peers_run_inside_the_interleaved_loop_and_ratios_pair_runs(engine, monk
     rates = sorted(r.stats.tokens_per_second / 100.0 for runs in run.results["none"] for r in runs)
     ratio = peer_ratios(run, {"none": ["p"]})["none_vs_p"]
     assert ratio == round((rates[1] + rates[2]) / 2, 3)
+
+
+def test_ignore_eos_runs_every_speculator_to_the_budget(engine):
+    # the small target's greedy answer to this one is an EOS id first
+    ids = engine.tokenizer.encode(engine.tokenizer.apply_chat_template([ChatMessage("user", "Tell me about exceptions.")]))
+    ended = run_interleaved(engine, [ids], ["none"], 1, 6, 4)
+    assert ended.results["none"][0][0].token_ids == []
+    run = run_interleaved(engine, [ids], ["none", "ngram"], 1, 6, 4, ignore_eos=True)
+    assert all(len(r.token_ids) == 6 for runs in run.results.values() for r in runs[0])
+
+
+def test_mode_speedups_pair_each_mode_with_target_only_in_the_same_run():
+    rates = {"x_none": [[10.0, 20.0], [10.0, 0.0]], "x_ngram": [[30.0, 20.0], [15.0, 50.0]],
+             "x_auto": [[0.0, 0.0], [0.0, 0.0]]}  # no rate: left out
+    run = Interleaved({}, rates)
+    assert mode_speedups(run, "x", ("ngram", "auto")) == {"ngram": 1.5}  # median of 3.0, 1.0, 1.5
 
 
 def test_parse_speculator():

@@ -4,8 +4,11 @@ import pytest
 
 from specops.engine.sampling_params import SamplingParams
 from specops.engine.stopping import StopCheck
+from specops.runtime.tokenizer import ChatMessage
 
 PROMPT = "def read_config(path):\n"
+# the small target's greedy answer ends on an EOS id after 43 tokens (models/golden/target_greedy.json)
+ENDS_EARLY = "What is a lambda in Python?"
 
 
 @pytest.mark.parametrize("speculator", ["none", "ngram", "draft", "hybrid", "auto"])
@@ -51,6 +54,28 @@ def test_eos_is_dropped_and_ends_the_generation():
     assert stop.cut_tokens(0, [4, 9, 5]) == ([4], "stop")
     assert stop.cut_tokens(8, [4, 5, 6]) == ([4, 5], "length")
     assert StopCheck(frozenset(), 10, ("END",)).safe_prefix("abc EN") == "abc "
+
+
+def test_ignore_eos_keeps_an_eos_and_runs_to_the_budget():
+    stop = StopCheck(frozenset({9}), max_new_tokens=5, stop=("END",), ignore_eos=True)
+    assert stop.cut_tokens(0, [4, 9, 5]) == ([4, 9, 5], None)  # an EOS mid-round is an ordinary token
+    assert stop.cut_tokens(3, [9, 9, 9]) == ([9, 9], "length")
+    assert stop.cut_text("a END b") == ("a ", True)  # stop strings still stop
+    params = SamplingParams(max_new_tokens=5, stop=("END",), ignore_eos=True)
+    assert StopCheck.for_request(frozenset({9}), params) == stop
+
+
+@pytest.mark.parametrize("speculator", ["none", "draft"])
+def test_ignore_eos_generates_the_whole_budget_where_greedy_ends_early(engine, speculator):
+    ids = engine.tokenizer.encode(engine.tokenizer.apply_chat_template([ChatMessage("user", ENDS_EARLY)]))
+    budget = 48
+    ended = engine.generate(ids, SamplingParams(max_new_tokens=budget, speculator=speculator))
+    assert ended.finish_reason == "stop" and len(ended.token_ids) < budget - 2, "the prompt no longer ends early"
+    res = engine.generate(ids, SamplingParams(max_new_tokens=budget, speculator=speculator, ignore_eos=True))
+    n = len(ended.token_ids)
+    assert len(res.token_ids) == res.stats.generated_tokens == budget and res.finish_reason == "length"
+    assert res.token_ids[:n] == ended.token_ids and res.token_ids[n] in engine.eos_ids  # the EOS is kept
+    assert not res.stats.eos_committed and res.text.startswith(ended.text)  # an EOS id decodes to nothing
 
 
 def test_prompt_at_the_context_cap_is_refused(engine):

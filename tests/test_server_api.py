@@ -116,6 +116,22 @@ def test_openai_chat(oai):
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_ignore_eos_generates_the_whole_budget(client, oai):
+    """A chat prompt whose greedy answer ends at once on the small target (an EOS id first)."""
+    question = "Tell me about exceptions."
+    ended = generate(client, prompt=f"<|user|>\n{question}<|end|>\n<|assistant|>\n", speculator="none")
+    assert ended["finish_reason"] == "stop" and ended["usage"]["completion_tokens"] < 4, "no longer ends early"
+    body = generate(client, prompt=f"<|user|>\n{question}<|end|>\n<|assistant|>\n", speculator="none",
+                    ignore_eos=True)
+    assert body["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 16
+    chat = oai.chat.completions.create(model="specops", messages=[{"role": "user", "content": question}],
+                                       max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+    assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 16
+    text = oai.completions.create(model="specops", prompt=f"<|user|>\n{question}<|end|>\n<|assistant|>\n",
+                                  max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+    assert text.choices[0].finish_reason == "length" and text.usage.completion_tokens == 16
+
+
 def test_openai_errors_are_typed(oai):
     with pytest.raises(openai.NotFoundError):
         oai.completions.create(model="gpt-4", prompt=PROMPT, max_tokens=4)

@@ -21,6 +21,12 @@ How onnxruntime-genai 0.18 is configured (read from its source, docs and the ins
     string keys of session_options go to ORT's AddConfigEntry, which is how spinning is set.
     Applied with og.Config.overlay for one folder, written into the combined config for two.
 
+ignore_eos (benchmarks at equal lengths): onnxruntime-genai has no option to commit an end-of-sequence
+token and go on, so a runner made with ignore_eos=True sets search option min_length = prompt +
+max_new_tokens, which masks the end-of-sequence tokens until then (greedy and speculative modes alike):
+every run generates max_new_tokens, though its tokens after the point where it would have ended differ
+from an engine that commits the end-of-sequence token.
+
 A configuration onnxruntime-genai refuses raises PeerRefused, whose str() is onnxruntime-genai's
 message verbatim (`.message`), so a benchmark can report it as is.
 
@@ -131,15 +137,18 @@ class Runner:
 
     def __init__(self, mode: str, folder: Path, speculative: dict | None, *, threads: int = 2,
                  spinning: bool = False, overlay: bool = True, search: dict | None = None,
-                 warmup: bool = True, cleanup: Path | None = None):
+                 warmup: bool = True, cleanup: Path | None = None, ignore_eos: bool = False):
         og = _og()
         self.mode, self.folder = mode, Path(folder)
         self.speculative = dict(speculative or {})
         self.search = {"do_sample": False, **(search or {})}
+        self.ignore_eos = ignore_eos
         self.session_options = session_options(threads, spinning)
         self._cleanup = cleanup
         self.config = {"folder": str(self.folder), "session_options": self.session_options,
                        "speculative_options": self.speculative, "search_options": self.search}
+        if ignore_eos:
+            self.config["ignore_eos"] = "min_length = prompt + max_new_tokens"
         try:
             config = og.Config(str(self.folder))
             if overlay:
@@ -158,7 +167,7 @@ class Runner:
         t0 = time.perf_counter()
         try:
             params = og.GeneratorParams(self.model)
-            params.set_search_options(max_length=len(ids) + int(max_new_tokens), **self.search)
+            params.set_search_options(**self.search_options(len(ids), int(max_new_tokens)))
             if self.speculative:
                 params.set_speculative_options(**self.speculative)
             gen = og.Generator(self.model, params)
@@ -179,6 +188,13 @@ class Runner:
                 "stats": summarize_stats(len(tokens), raw, self.speculative)}
 
     run = __call__
+
+    def search_options(self, prompt_tokens: int, max_new_tokens: int) -> dict:
+        """One run's search options: the length cap, and with ignore_eos the same as its floor."""
+        length = {"max_length": prompt_tokens + max_new_tokens}
+        if self.ignore_eos:
+            length["min_length"] = length["max_length"]
+        return {**length, **self.search}
 
     def tokens_per_second(self, prompt_ids, max_new_tokens: int) -> float:
         """One run's generated tokens over its seconds (prefill included), as our engine counts."""
@@ -211,13 +227,15 @@ def summarize_stats(n_tokens: int, raw: dict, speculative: dict) -> dict:
     return out
 
 
-def greedy_runner(target_dir, *, threads: int = 2, spinning: bool = False, warmup: bool = True) -> Runner:
-    return Runner("greedy", Path(target_dir), None, threads=threads, spinning=spinning, warmup=warmup)
+def greedy_runner(target_dir, *, threads: int = 2, spinning: bool = False, warmup: bool = True,
+                  ignore_eos: bool = False) -> Runner:
+    return Runner("greedy", Path(target_dir), None, threads=threads, spinning=spinning, warmup=warmup,
+                  ignore_eos=ignore_eos)
 
 
 def ngram_runner(target_dir, k: int = 4, ngram_size: int = 3, *, chained: bool = False,
                  min_adaptive_k: int = 0, cooldown: bool = False, threads: int = 2, spinning: bool = False,
-                 warmup: bool = True) -> Runner:
+                 warmup: bool = True, ignore_eos: bool = False) -> Runner:
     spec = {"ngram_size": int(ngram_size), "max_draft_tokens": int(k)}
     if chained:
         spec["ngram_chained_lookup"] = True
@@ -225,11 +243,12 @@ def ngram_runner(target_dir, k: int = 4, ngram_size: int = 3, *, chained: bool =
         spec["min_adaptive_k"] = int(min_adaptive_k)
     if cooldown:
         spec["cooldown"] = True
-    return Runner("ngram", Path(target_dir), spec, threads=threads, spinning=spinning, warmup=warmup)
+    return Runner("ngram", Path(target_dir), spec, threads=threads, spinning=spinning, warmup=warmup,
+                  ignore_eos=ignore_eos)
 
 
 def draft_runner(target_dir, draft_dir, k: int = 4, *, min_adaptive_k: int = 0, threads: int = 2,
-                 spinning: bool = False, workdir=None, warmup: bool = True) -> Runner:
+                 spinning: bool = False, workdir=None, warmup: bool = True, ignore_eos: bool = False) -> Runner:
     """Draft-model speculation on target_dir + draft_dir as they are. A draft whose logits width
     differs from the target's is refused by onnxruntime-genai (PeerRefused, verbatim message);
     use same_vocab_draft_runner for a variant it accepts."""
@@ -243,7 +262,7 @@ def draft_runner(target_dir, draft_dir, k: int = 4, *, min_adaptive_k: int = 0, 
     if min_adaptive_k:
         spec["min_adaptive_k"] = int(min_adaptive_k)
     r = Runner("draft", folder, spec, threads=threads, spinning=spinning, overlay=False, warmup=warmup,
-               cleanup=cleanup)
+               cleanup=cleanup, ignore_eos=ignore_eos)
     cfg = _read_json(folder / "genai_config.json")
     r.config["genai_config"] = {"model.decoder.filename": cfg["model"]["decoder"]["filename"],
                                 "model.draft": cfg["model"]["draft"], "speculative": cfg["speculative"]}
@@ -285,9 +304,10 @@ def main(argv=None) -> int:
                     help="with --same-vocab: rebuild the draft from this HF checkpoint with the model builder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spinning", action="store_true", help="leave ORT's thread spinning on")
+    ap.add_argument("--ignore-eos", action="store_true", help="generate exactly --max-new-tokens (min_length)")
     args = ap.parse_args(argv)
 
-    common = {"threads": args.threads, "spinning": args.spinning}
+    common = {"threads": args.threads, "spinning": args.spinning, "ignore_eos": args.ignore_eos}
     try:
         if args.mode == "greedy":
             runner = greedy_runner(args.target, **common)

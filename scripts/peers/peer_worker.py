@@ -23,7 +23,8 @@ Protocol. After loading the model and one warm-up generation the worker prints o
 then answers each request line with one response line until EOF on stdin:
     request   {"prompt": "<text>", "max_new_tokens": N}   or   {"ids": [token ids...], "max_new_tokens": N}
               or (openvino) {"batch": ["<text>", ...], "max_new_tokens": N}: all prompts in one
-              generate call -> {"n_tokens": total generated, "total_seconds": float, "texts": [...]}
+              generate call -> {"n_tokens": total generated, "total_seconds": float, "texts": [...]};
+              each may add "ignore_eos": true (below)
     response  {"tokens": [...], "text": "...", "n_tokens": int, "prompt_tokens": int,
                "seconds": float, "timing": "...", "ttft_seconds": float, "total_seconds": float}
     error     {"error": "<message>"}
@@ -31,7 +32,10 @@ Text prompts are encoded as our engine encodes them: no BOS or other special tok
 tokens written in the text (<|im_start|> ...) parsed as such. Token ids are used as given.
 "seconds" is decode time: from the first new token to the last (prefill and the first token
 excluded; "timing" says so); "ttft_seconds" is prefill + first token; "total_seconds" is the whole
-call. Generation stops at max_new_tokens or at an end-of-sequence token (not included in tokens).
+call. Generation stops at max_new_tokens or at an end-of-sequence token (not included in tokens);
+with "ignore_eos": true only at max_new_tokens, end-of-sequence tokens generated and counted like any
+other (llama.cpp: its token loop goes on past them; OpenVINO: GenerationConfig.ignore_eos), so that
+benchmarks compare equal lengths.
 
 Only library log output may go to stderr: the protocol uses a private copy of the original stdout,
 and file descriptor 1 is pointed at stderr so that native code printing to stdout cannot corrupt it.
@@ -75,8 +79,9 @@ class LlamaCppPeer:
     def decode(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> dict:
+    def generate(self, ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> dict:
         self.llm.reset()  # no KV-cache prefix reuse across requests: every call prefills the whole prompt
+        stop = set() if ignore_eos else self.stop  # Llama.generate itself never stops: the loop decides
         out: list[int] = []
         t0 = time.perf_counter()
         t_first = None
@@ -85,7 +90,7 @@ class LlamaCppPeer:
                                          reset=True):
                 if t_first is None:
                     t_first = time.perf_counter()
-                if tok in self.stop:
+                if tok in stop:
                     break
                 out.append(int(tok))
                 if len(out) >= max_new_tokens:
@@ -136,9 +141,10 @@ class OpenVINOPeer:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def _gen_config(self, max_new_tokens: int):
+    def _gen_config(self, max_new_tokens: int, ignore_eos: bool):
         cfg = self.ov_genai.GenerationConfig()
         cfg.max_new_tokens = int(max_new_tokens)
+        cfg.ignore_eos = ignore_eos  # its sampler then stops at neither eos_token_id nor stop_token_ids
         cfg.do_sample = False
         cfg.eos_token_id = self.eos
         cfg.stop_token_ids = set(self.stop)
@@ -149,19 +155,19 @@ class OpenVINOPeer:
             cfg.max_ngram_size = self.ngram
         return cfg
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> dict:
+    def generate(self, ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> dict:
         import numpy as np
 
         ov = self.ov
         input_ids = ov.Tensor(np.asarray([ids], dtype=np.int64))
         mask = ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
         inputs = self.ov_genai.TokenizedInputs(input_ids, mask)
-        cfg = self._gen_config(max_new_tokens)
+        cfg = self._gen_config(max_new_tokens, ignore_eos)
         t0 = time.perf_counter()
         res = self.pipe.generate(inputs, cfg)
         t2 = time.perf_counter()
         tokens = [int(t) for t in res.tokens[0]]
-        while tokens and tokens[-1] in self.stop:
+        while tokens and tokens[-1] in self.stop and not ignore_eos:  # a final stop token is not output
             tokens.pop()
         pm = res.perf_metrics
         ttft = pm.get_ttft().mean / 1000.0
@@ -170,9 +176,9 @@ class OpenVINOPeer:
                 "ov_generate_seconds": gen, "ov_tpot_ms": pm.get_tpot().mean}
 
 
-    def generate_batch(self, texts: list[str], max_new_tokens: int) -> dict:
+    def generate_batch(self, texts: list[str], max_new_tokens: int, ignore_eos: bool = False) -> dict:
         """All prompts in one call: the pipeline schedules them together (continuous batching)."""
-        cfg = self._gen_config(max_new_tokens)
+        cfg = self._gen_config(max_new_tokens, ignore_eos)
         t0 = time.perf_counter()
         res = self.pipe.generate(texts, cfg)
         seconds = time.perf_counter() - t0
@@ -223,14 +229,15 @@ def main(argv=None) -> int:
             continue
         try:
             req = json.loads(line)
+            budget, ignore_eos = int(req.get("max_new_tokens", 64)), bool(req.get("ignore_eos", False))
             if "batch" in req:  # openvino: {"batch": [texts], "max_new_tokens": N}
-                send(peer.generate_batch(req["batch"], int(req.get("max_new_tokens", 64))))
+                send(peer.generate_batch(req["batch"], budget, ignore_eos))
                 continue
             if "ids" in req:
                 ids = [int(i) for i in req["ids"]]
             else:
                 ids = peer.encode(req["prompt"])
-            out = peer.generate(ids, int(req.get("max_new_tokens", 64)))
+            out = peer.generate(ids, budget, ignore_eos)
             out.update(n_tokens=len(out["tokens"]), prompt_tokens=len(ids), text=peer.decode(out["tokens"]),
                        timing=TIMING)
             send(out)

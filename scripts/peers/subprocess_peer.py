@@ -20,6 +20,9 @@ other special tokens, as our engine's tokenizer does with add_special_tokens=Fal
 
 tokens_per_second counts prefill, as Runner.tokens_per_second and our engine's stats do
 (timing="total"); SubprocessPeer(..., timing="decode") gives (n_tokens - 1) / decode seconds.
+
+SubprocessPeer(..., ignore_eos=True) asks the worker for every run to go on past end-of-sequence
+tokens to max_new_tokens (benchmarks at equal lengths; those tokens then count as generated).
 """
 from __future__ import annotations
 
@@ -46,10 +49,11 @@ class SubprocessPeer:
     (e.g. ["--peer", "llama_cpp", "--model", PATH, "--mode", "lookup", "--k", "4"])."""
 
     def __init__(self, python, args, *, timing: str = "total", name: str | None = None,
-                 stderr=None, env: dict | None = None):
+                 stderr=None, env: dict | None = None, ignore_eos: bool = False):
         if timing not in ("total", "decode"):
             raise ValueError("timing must be 'total' or 'decode'")
         self.python, self.args, self.timing = str(python), [str(a) for a in args], timing
+        self.ignore_eos = ignore_eos
         self.name = name or " ".join(self.args)
         if not Path(self.python).exists():
             raise PeerError(f"{self.python} not found: run scripts/peers/setup_peers.sh")
@@ -62,7 +66,7 @@ class SubprocessPeer:
             raise PeerError(hello.get("error", "worker did not start"))
         self.info = hello
         self.config = {"python": self.python, "args": self.args, **hello.get("config", {}),
-                       "versions": hello.get("versions", {})}
+                       "versions": hello.get("versions", {}), "ignore_eos": ignore_eos}
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -71,15 +75,12 @@ class SubprocessPeer:
             raise PeerError(f"peer worker exited (rc={rc}) without an answer")
         return json.loads(line)
 
-    def run(self, prompt, max_new_tokens: int) -> dict:
-        """prompt: token ids (list of ints) or text. Returns the worker's response dict."""
+    def _request(self, req: dict) -> dict:
+        """Send one request (with this peer's ignore_eos) and return the worker's answer."""
         if self.proc is None:
             raise PeerError("peer closed")
-        req = {"max_new_tokens": int(max_new_tokens)}
-        if isinstance(prompt, str):
-            req["prompt"] = prompt
-        else:
-            req["ids"] = [int(i) for i in prompt]
+        if self.ignore_eos:
+            req = {**req, "ignore_eos": True}
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
         out = self._read()
@@ -87,17 +88,21 @@ class SubprocessPeer:
             raise PeerError(out["error"])
         return out
 
+    def run(self, prompt, max_new_tokens: int) -> dict:
+        """prompt: token ids (list of ints) or text. Returns the worker's response dict."""
+        req = {"max_new_tokens": int(max_new_tokens)}
+        if isinstance(prompt, str):
+            req["prompt"] = prompt
+        else:
+            req["ids"] = [int(i) for i in prompt]
+        return self._request(req)
+
     __call__ = run
 
     def run_batch(self, texts: list[str], max_new_tokens: int) -> dict:
         """openvino: all prompts in one generate call (its continuous batching); returns
         {"n_tokens": total generated, "total_seconds", "texts"}."""
-        self.proc.stdin.write(json.dumps({"batch": list(texts), "max_new_tokens": int(max_new_tokens)}) + "\n")
-        self.proc.stdin.flush()
-        out = self._read()
-        if "error" in out:
-            raise PeerError(out["error"])
-        return out
+        return self._request({"batch": list(texts), "max_new_tokens": int(max_new_tokens)})
 
     def tokens_per_second(self, prompt, max_new_tokens: int) -> float:
         """One run's generated tokens per second: over the whole call (prefill included, as
@@ -197,6 +202,7 @@ def bench(argv=None) -> int:
     ap.add_argument("--ov-model", default=DEFAULT_OV_MODEL)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the full JSON report here")
+    ap.add_argument("--ignore-eos", action="store_true", help="every run generates exactly --max-new-tokens")
     args = ap.parse_args(argv)
 
     peers: dict[str, SubprocessPeer] = {}
@@ -205,7 +211,7 @@ def bench(argv=None) -> int:
             name, _, rest = spec.partition("=")
             parts = rest.split(":")
             kind, mode = parts[0], parts[1]
-            kw = {"threads": args.threads}
+            kw = {"threads": args.threads, "ignore_eos": args.ignore_eos}
             if len(parts) > 2:
                 kw["k"] = int(parts[2])
             if len(parts) > 3:
@@ -219,7 +225,7 @@ def bench(argv=None) -> int:
             else:
                 ap.error(f"unknown peer {kind}")
         report = {"config": {n: p.config for n, p in peers.items()}, "max_new_tokens": args.max_new_tokens,
-                  "repeats": args.repeats, "sets": {}}
+                  "ignore_eos": args.ignore_eos, "repeats": args.repeats, "sets": {}}
         for set_name in args.prompts or ["copy_real", "chat_real"]:
             items = load_prompts(set_name, args.n)
             texts = [chatml(it["prompt"]) for it in items]

@@ -104,8 +104,7 @@ class BatchEngine:
         seq.started = time.perf_counter()
         seq.stats = GenerationStats(speculator=params.speculator, prompt_tokens=len(seq.prompt_ids))
         seq.sampler = None if params.greedy else Sampler(params)
-        seq.out = Output(self.tokenizer, StopCheck(self.eos_ids, params.max_new_tokens, tuple(params.stop)),
-                         seq.on_tokens)
+        seq.out = Output(self.tokenizer, StopCheck.for_request(self.eos_ids, params), seq.on_tokens)
         seq.context = np.empty(len(seq.prompt_ids) + params.max_new_tokens + 1, np.int64)
         seq.context[:len(seq.prompt_ids)] = seq.prompt_ids
         seq.n = len(seq.prompt_ids)

@@ -32,7 +32,8 @@ from .verify import accept_greedy, accept_sampled
 class GenerationResult:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or stop string), "length" (budget or context), "cancelled"
+    finish_reason: str  # "stop" (EOS or stop string), "length" (budget or context; always with ignore_eos
+    # unless a stop string ends it first), "cancelled"
     stats: GenerationStats
 
 
@@ -64,7 +65,7 @@ class Engine:
         start = time.perf_counter()
         stats = GenerationStats(speculator=params.speculator, prompt_tokens=len(prompt_ids))
         sampler = None if params.greedy else Sampler(params)
-        out = Output(self.tokenizer, StopCheck(self.eos_ids, params.max_new_tokens, tuple(params.stop)), on_tokens)
+        out = Output(self.tokenizer, StopCheck.for_request(self.eos_ids, params), on_tokens)
         self._reset()
         # context: prompt + committed tokens; the last one is `pending` (not in the target cache)
         context = np.empty(len(prompt_ids) + params.max_new_tokens + 1, dtype=np.int64)

@@ -20,6 +20,10 @@ class SamplingParams:
     # round proposes all the speculator offers up to k_draft (benchmarks and tests). `auto`
     # always adapts: it also picks the speculator.
     adaptive_k: bool = True
+    # True: an end-of-sequence id is committed like any other token and generation runs to
+    # max_new_tokens (stop strings still stop), so that benchmarks compare equal lengths (vLLM's
+    # `ignore_eos`): a run whose answer ends early would look faster or slower by accident.
+    ignore_eos: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

@@ -9,7 +9,9 @@ class GenerationStats:
     speculator: str = "none"
     prompt_tokens: int = 0
     generated_tokens: int = 0
-    eos_committed: bool = False  # ended at an EOS id the target chose (not in generated_tokens)
+    # ended at an EOS id the target chose (not in generated_tokens); never with ignore_eos, where
+    # EOS ids are generated tokens like any other
+    eos_committed: bool = False
     target_passes: int = 0  # verify passes during decoding (prefill not counted)
     draft_passes: int = 0
     rounds: int = 0

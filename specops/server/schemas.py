@@ -64,6 +64,9 @@ class SamplingFields(BaseModel):
                                              "`hybrid` only with a draft model loaded")
     k_draft: Optional[Integer(ge=0, le=MAX_K_DRAFT)] = Field(None, description="upper bound on proposals per round")
     stream: bool = Field(False, description="answer with Server-Sent Events")
+    ignore_eos: bool = Field(False, description="keep generating past an end-of-sequence token, up to the token "
+                             "budget (as vLLM's `ignore_eos`, for benchmarks at equal lengths): the token counts as "
+                             "generated, its text is empty; stop strings still stop")
 
 
 PROMPT_LIMITS = ("Limits that depend on tokenization: the prompt must tokenize to at least 1 token (422 "

@@ -103,7 +103,7 @@ def sampling_params(req: SamplingFields, max_new_tokens: int, speculator: str, s
         temperature=default_temperature if req.temperature is None else req.temperature,
         top_k=req.top_k or 0, top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
         stop=_stops(req.stop), speculator=speculator,
-        k_draft=settings.k_draft if req.k_draft is None else req.k_draft)
+        k_draft=settings.k_draft if req.k_draft is None else req.k_draft, ignore_eos=req.ignore_eos)
 
 
 def validate(req: SamplingFields, prompt: str | list[int], max_new_tokens: int | None, engine: Engine,
