@@ -46,7 +46,7 @@ class RandomProposer:
 
 def exactness_failures(engine, prompts, results) -> list[str]:
     failures = []
-    margin = near_tie_margin(engine.target.spec.folder)
+    margin = near_tie_margin(engine.target.spec.folder, engine.target.precision)
     for s, per_prompt in results.items():
         for i, runs in enumerate(per_prompt):
             base, got = results["none"][i][0].token_ids, runs[0].token_ids

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     result = measure(engine, reference, args.records)
     emit_report({"target_model": settings.target_model, "kernel": engine.target.kernel,
-                 "kernel_note": engine.target.kernel_note, "consistent_passes": settings.consistent_passes,
+                 "kernel_note": engine.target.kernel_note, "precision": engine.target.precision,
+                 "consistent_passes": settings.consistent_passes,
                  "min_rows": engine.target.min_rows, "reference_date": reference["date"],
                  "gguf_sha256": reference["gguf_sha256"], **result.as_dict(),
                  "seconds": round(time.perf_counter() - start, 1)}, args.json)

@@ -24,11 +24,42 @@ NEAR_TIE = 0.08
 Results = dict[str, list[list[GenerationResult]]]  # speculator -> [prompt][repeat]
 
 
-def near_tie_margin(folder: Path) -> float:
-    """A prepared model's own margin (its recipe's `near_tie`, from its kernels' measured
-    one-token/multi-token difference), else NEAR_TIE."""
+def near_tie_margin(folder: Path, precision: str | None = None) -> float:
+    """A prepared model's own margin at the kernel precision its engine runs (None: onnxruntime's
+    own kernels): its recipe's `near_tie`, from the measured one-token/multi-token difference;
+    else NEAR_TIE."""
     record = Path(folder) / "prepare.json"
-    return float(json.loads(record.read_text())["recipe"]["near_tie"]) if record.is_file() else NEAR_TIE
+    if not record.is_file():
+        return NEAR_TIE
+    return float(dict(json.loads(record.read_text())["recipe"]["near_tie"])[precision or "stock"])
+
+
+def near_tie_moves(engine: Engine, prompts: list[list[int]], new_tokens: int = 48, width: int = 5) -> np.ndarray:
+    """How far one-token passes move top-two gaps against `width`-token passes: for each prompt's
+    greedy answer, every position's gap between the top token (of the wide pass) and each of its
+    next four, one-token minus wide, absolute; flat [positions * 4]. The recipe's `near_tie` is the
+    largest of these, rounded up. Runs one-token passes one row wide (the engine's min_rows aside)."""
+    target, moves = engine.target, []
+    saved, target.min_rows = target.min_rows, 1
+    try:
+        for ids in prompts:
+            out = engine.generate(ids, SamplingParams(max_new_tokens=new_tokens, speculator="none")).token_ids
+            n = len(out) // width * width
+            if n == 0:
+                continue
+            target.reset()
+            target.prefill(ids)
+            one = np.stack([np.array(target.append([t])[-1]) for t in out[:n]])
+            target.rewind(len(ids))
+            wide = np.concatenate([np.array(target.append(out[i:i + width])) for i in range(0, n, width)])
+            top = np.argsort(-wide, axis=1)[:, :5]
+            rows = np.arange(n)[:, None]
+            gaps = (lambda logits: logits[rows, top[:, :1]] - logits[rows, top[:, 1:]])
+            moves.append(np.abs(gaps(one) - gaps(wide)).ravel())
+    finally:
+        target.min_rows = saved
+        target.reset()
+    return np.concatenate(moves) if moves else np.zeros(0)
 
 
 def emit_report(report: dict, path: Path | None) -> None:

@@ -43,9 +43,14 @@ class Settings(BaseSettings):
     prefill_chunk: int = Field(512, ge=16, le=8192, description="prompt tokens per prefill pass")
     kernel: Literal["auto", "tiled", "stock"] = Field(
         "auto", description="the target's int4/int8 matmul kernel: tiled = specops' own (specops/kernels/qmatmul.c, "
-        "built on first use with the machine's C compiler; needs AVX-512 VNNI), whose pass over k tokens costs "
+        "built on first use with the machine's C compiler; needs AVX-512), whose pass over k tokens costs "
         "far less than k passes; stock = onnxruntime's MLAS; auto = tiled where it builds and runs, else stock "
         "(the reason is in /health)")
+    kernel_precision: Literal["auto", "fp32", "int8x3", "bf16", "int8"] = Field(
+        "auto", description="the tiled kernel's activations, most faithful first: fp32 (the model's own numerics), "
+        "int8x3 (three int8 levels, about fp32's precision; needs AVX-512 VNNI), bf16 (needs AVX-512 BF16), int8 "
+        "(onnxruntime's accuracy level 4, needs AVX-512 VNNI); auto = the most faithful whose plain decoding step "
+        "is within 10% of the fastest, timed at load (/health says which)")
     kernel_cache_dir: str = Field("", description="where the tiled kernel's library and the tiled copies of the "
                                   "weights are kept (a model's tiles: about its weights' size); empty = "
                                   "<model_cache_dir>/kernels")

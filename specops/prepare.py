@@ -55,9 +55,10 @@ class Recipe:
     # the builder's); "builder", the builder's own re-rounding as `builder_args` asks.
     weights: str
     license: str
-    # Exactness: two logits closer than this may be ordered differently by a one-token pass and a
-    # multi-token pass of this export (specops.bench.near_tie_refutation).
-    near_tie: float
+    # Exactness, per kernel precision ("stock": onnxruntime's kernels): two logits closer than this
+    # may be ordered differently by a one-token pass and a multi-token pass of this export
+    # (specops.bench.near_tie_refutation).
+    near_tie: tuple[tuple[str, float], ...]
 
 
 SMOLLM2 = Recipe(
@@ -71,23 +72,22 @@ SMOLLM2 = Recipe(
     # then rewritten to the GGUF's blocks (weights="gguf"). Re-rounded by the builder instead, int8
     # reached teacher-forced top-1 agreement 0.97 with the fp32 de-quantized model, int4 0.79.
     builder_args=("-p", "int8"),
-    # Q4_1 -> MatMulNBits 4-bit with float zero points, which onnxruntime's CPU kernel computes in
-    # fp32 whatever the accuracy level; the Q8_0 LM head -> 8-bit at the builder's level 4 (int8
-    # activations). A 16-token chat prompt's logits against fp32 transformers on the GGUF: max |diff|
-    # 0.51 (the builder's int8: 1.68), 1e-4 with the LM head at level 0. Stock kernels do not prepack
-    # float zero points (the weights are de-quantized on every call): a one-token pass took 262 ms
-    # against the int8 export's 16 ms (onnxruntime 1.32.0, 2 threads).
+    # Q4_1 -> MatMulNBits 4-bit with float zero points (weight = d * code + m, the block as shipped);
+    # the Q8_0 LM head -> 8-bit, code + 128. specops' tiled kernel reads them as they are (min
+    # through the activations' block sums); onnxruntime's kernels de-quantize float zero points on
+    # every call (a one-token pass 262 ms against the int8 export's 16 ms), so the stock path runs
+    # them split into codes x d plus the minimums' share (runtime/graph.py split_minimums: 15 ms).
     weights="gguf",
     license="Apache-2.0 (SmolLM2-135M-Instruct, HuggingFaceTB)",
-    # Measured on the builder's int8 export (weights="builder"), not yet re-measured on the GGUF
-    # weights: a one-token pass differs from a multi-token one: GroupQueryAttention's one-token path
-    # rounds differently (1e-6), and the int8 activation quantization of the next MatMulNBits
-    # (accuracy level 4) amplified it layer by layer (multi-token passes of any length agreed bit for
-    # bit). The gap between a position's top token and each of its next four moved by up to 1.02
-    # between the two pass shapes (median 0.10, p99 0.49; 828 positions of 18 chat answers), and the
-    # argmax flipped at 20 positions, all with gaps <= 0.231. The largest move seen, rounded up. With
-    # the GGUF weights only the LM head still quantizes its activations.
-    near_tie=1.1,
+    # A one-token pass differs from a multi-token one: GroupQueryAttention's one-token path rounds
+    # differently (1e-6); with fp32 activations that stays small, bf16 and int8 rounding amplify it
+    # layer by layer (multi-token passes of any length agree bit for bit). The largest move of the gap
+    # between a position's top token and each of its next four between the two pass shapes, over 765
+    # positions of 18 chat answers (specops.bench.near_tie_moves, 48 tokens each), rounded up:
+    # fp32 4.8e-5 (median 3.8e-6, no argmax flip), int8x3 7.6e-5 (median 5.7e-6, no flip), stock
+    # kernels 1.4e-4 (median 1.3e-5, no flip), bf16 0.70 (median 0.043, 6 flips), int8 0.86 (median
+    # 0.10, 20 flips).
+    near_tie=(("fp32", 1e-4), ("int8x3", 1e-4), ("stock", 2e-4), ("bf16", 0.75), ("int8", 0.9)),
 )
 CATALOG = {SMOLLM2.name: SMOLLM2}
 DEFAULT = SMOLLM2.name
@@ -179,7 +179,8 @@ def check_tools() -> None:
 
 
 def record(recipe: Recipe) -> dict:
-    return {"recipe": {**asdict(recipe), "builder_args": list(recipe.builder_args)}}
+    """prepare.json's content, as JSON reads it back (tuples as lists)."""
+    return json.loads(json.dumps({"recipe": asdict(recipe)}))
 
 
 def is_prepared(folder: Path, recipe: Recipe) -> bool:

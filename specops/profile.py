@@ -94,6 +94,8 @@ class Profile:
     kernel: str = "stock"
     kernel_note: str | None = None
     one_row_ms: float | None = None  # the engine path's one-token pass on its one-row shape
+    precision: str | None = None  # the tiled kernel's activations as served (None: stock kernels)
+    precision_ms: dict = field(default_factory=dict)  # the engine path's curve at each precision the kernel runs
     draft: str | None = None
     draft_pass_ms: float | None = None
     c: float | None = None
@@ -112,6 +114,9 @@ class Profile:
                  "  ratio to a step  " + "".join(f"{v / self.verify_ms[0]:8.2f}" for v in self.verify_ms)]
         if self.kernel_note:
             lines.append(f"(stock kernels on the engine path: {self.kernel_note})")
+        for name, ms in self.precision_ms.items():
+            served = " (served)" if name == self.precision else ""
+            lines.append(f"  {name} activations " + "".join(f"{v:8.2f}" for v in ms) + f"  ms{served}")
         if self.one_row_kernel_differs:
             lines.append("(one-row kernel differs from the GEMM: the engine runs one-token passes as two rows; "
                          f"one row alone: {self.one_row_ms:.2f} ms)")
@@ -131,8 +136,36 @@ def machine() -> dict:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    return {"cpu": model, "cpus": os.cpu_count(), "onnxruntime": metadata.version("onnxruntime"),
+    return {"cpu": model, "cpus": os.cpu_count(), "flags": cpu_flags(), "onnxruntime": metadata.version("onnxruntime"),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags the kernels dispatch on (AVX-512, VNNI, BF16, AMX), from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx_vnni")))
+
+
+def precision_curves(target, served: Curve, max_tokens: int, past: int, rounds: int) -> dict[str, list[float]]:
+    """The engine path's curve at every precision the tiled kernel runs here (the served one is
+    `served`); nothing on stock kernels."""
+    batch = getattr(target, "batch", target)
+    if getattr(batch, "precision", None) is None:
+        return {}
+    from .runtime.kernel_paths import precisions
+
+    chosen, curves = batch.precision, {}
+    try:
+        for name in precisions(getattr(batch, "_cache", None)):
+            batch.use_precision(name)
+            curves[name] = served.ms if name == chosen else pass_curve(target, max_tokens, past, rounds).ms
+    finally:
+        batch.use_precision(chosen)
+    return curves
 
 
 def profile(target, draft: Decoder | None, target_name: str, draft_name: str | None,
@@ -154,7 +187,8 @@ def profile(target, draft: Decoder | None, target_name: str, draft_name: str | N
         one_row = pass_curve(target, 1, past, rounds).ms[0]
         target.min_rows = 2
     out = Profile(target_name, baseline.ms, engine.ms, differs, target.kernel, target.kernel_note, one_row,
-                  machine=machine())
+                  precision=target.precision, machine=machine())
+    out.precision_ms = precision_curves(target, engine, max_tokens, past, rounds)
     c = None
     if draft is not None:
         out.draft, out.draft_pass_ms = draft_name, pass_curve(draft, 1, past, rounds, 5).ms[0]

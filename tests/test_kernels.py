@@ -15,10 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from specops.config import Settings
 from specops.loader import engine_target, kernel_cache, resolve_kernel, target_config
+from specops.runtime import kernel_paths as paths
 from specops.runtime import kernels
 from specops.runtime.batch_decoder import BatchDecoder
 from specops.runtime.decoder import Decoder, SessionConfig
-from specops.runtime.graph import _placeholder
 from specops.runtime.model_folder import ModelFolderError, read_model_folder
 
 TARGET = "models/target"  # Phi-3's format: int4 MatMulNBits, block 32, GroupQueryAttention
@@ -35,10 +35,8 @@ def _cpu_runs_it() -> bool:
 needs_kernel = pytest.mark.skipif(not _cpu_runs_it(), reason="the tiled kernel does not run here (see /health)")
 
 
-def _sessions(n: int, k: int, bits: int, rng) -> tuple[ort.InferenceSession, ort.InferenceSession]:
-    """One MatMulNBits node on random codes and scales, stock and tiled."""
-    packed = rng.integers(0, 256, (n, k // 32, 32 * bits // 8), dtype=np.uint8)
-    scales = (rng.random(n * k // 32, dtype=np.float32) * 0.02 + 1e-3).astype(np.float32)
+def _stock(packed, scales, n: int, k: int, bits: int) -> ort.InferenceSession:
+    """onnxruntime's own MatMulNBits (accuracy level 4: int8 activations) on the same weights."""
     a = helper.make_tensor_value_info("A", TensorProto.FLOAT, ["b", "s", k])
     y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["b", "s", n])
     stock = helper.make_model(helper.make_graph(
@@ -46,33 +44,146 @@ def _sessions(n: int, k: int, bits: int, rng) -> tuple[ort.InferenceSession, ort
                           block_size=32, accuracy_level=4)], "stock", [a], [y],
         [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(scales, "S")]),
         opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    w, s = kernels.tile_weights(packed, scales, n, k, bits)
-    tiled = helper.make_model(helper.make_graph(
-        [helper.make_node("QMatMul", ["A", "W", "T"], ["Y"], domain="specops", K=k, N=n, bits=bits)],
-        "tiled", [a], [y], [_placeholder("W", w), _placeholder("T", s)]),
-        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("specops", 1)])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.register_custom_ops_library(str(kernels.library()))
-    so.add_external_initializers(["W", "T"], [ort.OrtValue.ortvalue_from_numpy(w), ort.OrtValue.ortvalue_from_numpy(s)])
-    return (ort.InferenceSession(stock.SerializeToString(), providers=["CPUExecutionProvider"]),
-            ort.InferenceSession(tiled.SerializeToString(), so, providers=["CPUExecutionProvider"]))
+    return ort.InferenceSession(stock.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _weights(n: int, k: int, bits: int, rng, q41: bool = False):
+    """Random codes [N, K/32, 32*bits/8], fp16-born scales and (Q4_1) float zero points -m/d."""
+    packed = rng.integers(0, 256, (n, k // 32, 32 * bits // 8), dtype=np.uint8)
+    scales = (rng.random(n * k // 32, dtype=np.float32) * 0.02 + 1e-3).astype(np.float16).astype(np.float32)
+    if not q41:
+        return packed, scales, None
+    mins = (-rng.random(n * k // 32, dtype=np.float32) * 0.15).astype(np.float16).astype(np.float32)
+    return packed, scales, (-mins / scales).astype(np.float32)
+
+
+def _rows(rng, rows: int, k: int) -> np.ndarray:
+    x = (rng.standard_normal((rows, k)) * rng.choice([0.1, 1, 30], size=(rows, 1))).astype(np.float32)
+    x[0, :32] = 0  # an all-zero block: scale 0
+    return x
+
+
+def _runs(path: str):
+    why = paths.path_report()[path] if _cpu_runs_it() else "the tiled kernel does not run here"
+    if why:
+        pytest.skip(f"{path}: {why}")
 
 
 @needs_kernel
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("n,k", [(16, 32), (960, 576), (3072, 1024)])
-def test_tiled_matches_stock_matmulnbits_and_rows_are_independent(bits, n, k):
+def test_int8_precision_matches_stock_matmulnbits_and_rows_are_independent(bits, n, k):
+    _runs("int8-vnni")
     rng = np.random.default_rng(bits * 1000 + n)
-    stock, tiled = _sessions(n, k, bits, rng)
+    packed, scales, _ = _weights(n, k, bits, rng)
+    stock, tiled = _stock(packed, scales, n, k, bits), paths.matmul_session(packed, scales, n, k, bits)
     for rows in (1, 2, 3, 5, 9, 12, 13, 40):
-        x = (rng.standard_normal((1, rows, k)) * rng.choice([0.1, 1, 30], size=(1, rows, 1))).astype(np.float32)
-        x[0, 0, :32] = 0  # an all-zero block: scale 0
-        want, got = stock.run(None, {"A": x})[0], tiled.run(None, {"A": x})[0]
-        assert got.shape == want.shape == (1, rows, n)
+        x = _rows(rng, rows, k)
+        want, got = stock.run(None, {"A": x[None]})[0][0], paths.run_matmul(tiled, x, "int8")
+        assert got.shape == want.shape == (rows, n)
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * float(np.abs(want).max()))
-        alone = np.concatenate([tiled.run(None, {"A": x[:, i:i + 1]})[0] for i in range(rows)], axis=1)
+        alone = np.concatenate([paths.run_matmul(tiled, x[i:i + 1], "int8") for i in range(rows)])
         assert np.array_equal(alone, got), f"{rows} rows: a row's result depends on the rows beside it"
+
+
+@pytest.mark.parametrize("path", list(paths.PATHS))
+@pytest.mark.parametrize("n,k,bits,q41", [(16, 32, 4, True), (960, 576, 4, True), (576, 1536, 4, True),
+                                          (96, 64, 4, False), (160, 576, 8, False), (3072, 1024, 4, False)])
+def test_every_path_computes_the_reference_and_rows_are_independent(path, n, k, bits, q41):
+    """Each path (those this CPU lacks skip, naming why) against kernels.reference_matmul (numpy,
+    float64 sums) of the same math: Q4_1 with its minimum, symmetric 4 and 8 bits; a row's result
+    is the same alone, in any group, at any position of the pass; AMX-INT8 gives VNNI's bits."""
+    _runs(path)
+    precision = paths.precision_of(path)
+    rng = np.random.default_rng(n + k + bits)
+    packed, scales, zp = _weights(n, k, bits, rng, q41)
+    session = paths.matmul_session(packed, scales, n, k, bits, zp)
+    for rows in (1, 4, 7, 13):
+        x = _rows(rng, rows, k)
+        got = paths.run_matmul(session, x, path)
+        want = kernels.reference_matmul(x, packed, scales, n, k, bits, zp, precision)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * float(np.abs(want).max()))
+        for i in range(rows):
+            assert np.array_equal(paths.run_matmul(session, x[i:i + 1], path), got[i:i + 1])
+        if rows > 2:
+            assert np.array_equal(paths.run_matmul(session, x[1:rows - 1], path), got[1:rows - 1])
+        if path == "int8-amx":
+            assert np.array_equal(got, paths.run_matmul(session, x, "int8-vnni"))
+
+
+def test_the_reference_is_the_dequantized_model():
+    """reference_matmul's fp32 weights are d * code + m as a Q4_1 block defines them; its bf16 and
+    int8 variants move the activations only, by their rounding."""
+    rng = np.random.default_rng(3)
+    packed, d, zp = _weights(32, 64, 4, rng, q41=True)
+    codes = kernels.unpack_codes(packed, 4).reshape(32, 64).astype(np.float64)
+    m = np.repeat(kernels.block_minimums(d, zp).reshape(32, 2), 32, axis=1)
+    w = np.repeat(d.reshape(32, 2), 32, axis=1) * codes + m
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_allclose(kernels.reference_matmul(x, packed, d, 32, 64, 4, zp, "fp32"), x @ w.T, rtol=1e-6)
+    for precision, tol in (("bf16", 2 ** -8), ("int8", 1 / 127)):
+        y = kernels.reference_matmul(x, packed, d, 32, 64, 4, zp, precision)
+        assert 0 < np.abs(y - x @ w.T).max() < 64 * tol * np.abs(x).max() * np.abs(w).max()
+
+
+def test_block_minimums_give_the_fp16_minimum_back():
+    """zp = -m/d written in fp32 from fp16 d and m: -zp*d, rounded to fp16, is m exactly."""
+    rng = np.random.default_rng(4)
+    d = (rng.random(10000) * 0.05 + 1e-4).astype(np.float16).astype(np.float32)
+    m = (-rng.random(10000) * 0.3).astype(np.float16).astype(np.float32)
+    assert np.array_equal(kernels.block_minimums(d, (-m / d).astype(np.float32)), m)
+    other = np.float32([0.3337])  # not fp16-born: the fp32 product stays
+    assert kernels.block_minimums(np.float32([0.01]), other)[0] == np.float32(-other[0] * np.float32(0.01))
+
+
+def test_the_most_faithful_precision_within_ten_percent_is_chosen():
+    assert paths.most_faithful_within({"fp32": 10.9, "bf16": 10.2, "int8": 10.0}) == "fp32"
+    assert paths.most_faithful_within({"fp32": 11.2, "bf16": 10.2, "int8": 10.0}) == "bf16"
+    assert paths.most_faithful_within({"fp32": 12.0, "bf16": 11.5, "int8": 10.0}) == "int8"
+    assert paths.most_faithful_within({"fp32": 9.0, "int8": 10.0}) == "fp32"
+    assert paths.most_faithful_within({"fp32": 12.0, "int8": 10.0}, slower=1.25) == "fp32"
+
+
+@needs_kernel
+def test_the_precision_is_timed_at_load_or_named():
+    spec = read_model_folder(TARGET)
+    auto = BatchDecoder(spec, SessionConfig(kernel="tiled"), 2, 128)
+    assert set(auto.precision_ms) == set(paths.precisions()) and auto.lengths.sum() == 0
+    assert auto.precision == paths.most_faithful_within(auto.precision_ms)
+    ids = [[(7 * i) % 500 + 3 for i in range(12)]]
+    logits = {}
+    for precision in paths.precisions():
+        named = BatchDecoder(spec, SessionConfig(kernel="tiled", precision=precision), 1, 128)
+        assert named.precision == precision and named.precision_ms == {}
+        logits[precision] = np.array(named.forward(ids)[0])
+    fp32 = logits["fp32"]
+    for precision, got in logits.items():
+        assert np.abs(got - fp32).max() < 0.05 * np.abs(fp32).max(), precision
+    stock = BatchDecoder(spec, SessionConfig(kernel="stock"), 1, 128)
+    assert stock.precision is None
+
+
+def test_a_precision_the_cpu_lacks_is_refused_naming_why(monkeypatch):
+    if not _cpu_runs_it():
+        pytest.skip("the tiled kernel does not run here")
+    report = {"fp32": None, "bf16": "this CPU lacks AVX-512 BF16", "int8": None}
+    monkeypatch.setattr("specops.runtime.batch_decoder.precision_report", lambda cache=None: report)
+    with pytest.raises(ModelFolderError, match="precision bf16 cannot run here: this CPU lacks AVX-512 BF16"):
+        BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="tiled", precision="bf16"), 1, 64)
+
+
+@needs_kernel
+def test_every_path_passes_its_self_check_or_says_why():
+    report = paths.path_report()
+    assert report["fp32"] is None  # wherever the kernel runs
+    for path, why in report.items():
+        assert why is None or why.startswith("this CPU lacks"), (path, why)
+        if why is None:
+            assert paths.self_check(path) is None
+    served = paths.served_paths()
+    assert served["fp32"] == "fp32" and set(served) == set(paths.precisions())
+    if "int8-amx" in paths.cpu_paths():
+        assert served["int8"] == "int8-amx"  # AMX first where it runs
 
 
 def test_tile_layout_holds_every_code_once():

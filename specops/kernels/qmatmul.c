@@ -1,23 +1,36 @@
-/* specops.QMatMul: MatMulNBits (4 or 8 bits, block 32, no zero points) for a few rows at a time.
+/* specops.QMatMul: MatMulNBits (4 or 8 bits, block 32) for a few rows at a time, at the precision
+ * the service chose: fp32, bf16 or int8 activations.
  *
- * Why: onnxruntime's MLAS runs its int8-activation kernel for a pass of 2-16 rows at about a
- * third of a one-row pass per extra row, so verifying k proposals costs nearly k passes. Here the
- * weights sit in column tiles (16 output columns x one 32-value block = one 512-bit vector of
- * 4-value groups per step), unpacked once per tile and block, and every row of the pass reuses
- * them: a row costs 8 VNNI dot products, a convert and a multiply-add per 512 weights. Rows are
- * computed independently with one fixed order of operations, so a row's result does not depend
- * on how many rows share the pass.
+ * Why: a verify pass multiplies a handful of rows by every weight; onnxruntime's MLAS spends about
+ * a third of a one-row pass per extra row. Here the weights sit in column tiles (16 output columns
+ * x one 32-value block), each unpacked once per group of rows and reused by every row of the group.
+ * Rows are computed independently, each with one fixed order of operations, so a row's result does
+ * not depend on how many rows share the pass or which rows they are.
  *
- * Numerics follow MLAS's accuracy level 4: each row's activations are quantized per block of 32
- * to int8 (scale = max|a| / 127, round to nearest even), dotted with the unsigned weight codes,
- * the zero point (8 or 128) is taken off through the block's activation sum, and the int32 dot is
- * scaled by both scales and summed in fp32.
+ * The weight of column n at k is  d * code + m  (d, m per column and block of 32):
+ *   - Q4_1 (the GGUF's own blocks, served as shipped): 4-bit code 0..15, scale d, minimum m;
+ *   - symmetric (MatMulNBits without zero points): code - zero_point (8 or 128), m = 0.
+ * The three precisions (input `precision`):
+ *   FP32 (0): the fp32 activations dotted with the codes per block in four fixed chains, scaled by
+ *     d, plus m * (the block's activation sum): the model's own math, in another order of sums.
+ *   BF16 (1): activations rounded to bf16 (nearest even), codes exact in bf16, `vdpbf16ps` dots per
+ *     block in four fixed chains; the block's dot scaled by d, plus m * (the block's fp32 activation
+ *     sum). Needs AVX-512 BF16.
+ *   INT8X3 (7): three int8 levels per activation (about fp32's precision), three VNNI dots.
+ *   INT8 (2): MLAS accuracy level 4's numerics: activations quantized per block to int8
+ *     (scale max|a|/127, nearest even), `vpdpbusd` with the unsigned codes, the zero point off
+ *     through the block's code sum, scaled by both scales; m * scale * (sum of the block's codes).
+ *     Needs AVX-512 VNNI.
  *
- * Layout (written by specops/runtime/graph.py from MatMulNBits' [N, K/32, 32*bits/8] codes):
+ * Layout (written by specops/runtime/kernels.py `tile_weights`):
  *   weights [N/16, K/32, 64*bits] uint8. 8 bits: step s (0..7) is 64 bytes, byte 4j+i = column j's
- *     value k = 4s+i. 4 bits: chunk c (0..3) is 64 bytes, byte 4j+i holds column j's k = 8c+i in
- *     its low nibble and k = 8c+4+i in its high nibble (steps 2c and 2c+1).
- *   scales [N/16, K/32, 16] float.
+ *     code at k = 4s+i. 4 bits: chunk c (0..3) is 64 bytes, byte 4j+i holds column j's k = 8c+i in
+ *     its low nibble and k = 8c+4+i in its high nibble.
+ *   scales, mins [N/16, K/32, 16] float (mins optional: absent = 0).
+ * Inputs: A [..., K] float, weights, scales, precision (int64 [1]: 0 fp32, 1 bf16, 2 int8 on the best
+ * path here, or a path by name: 3 bf16 AVX-512, 4 int8 VNNI, 5 int8 AMX, 6 bf16 AMX; a graph input,
+ * so one session runs every precision and the service can time them), mins (optional).
+ * Attributes: K, N, bits, zero_point (the codes' offset without mins), has_min.
  *
  * The onnxruntime ABI below is declared here rather than included: onnxruntime's Python wheel
  * ships no C headers. OrtApi is a table of function pointers that only ever grows at its end;
@@ -28,6 +41,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 /* ---- onnxruntime C ABI: the part this library uses ---------------------------------------- */
 typedef struct OrtStatus OrtStatus;
@@ -91,7 +106,7 @@ struct OrtCustomOp {  /* field order fixed by the ABI */
     size_t (*GetAliasMap)(int **, int **);
     void (*ReleaseAliasMap)(int *, int *);
 };
-enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, IO_REQUIRED = 0, MEM_DEFAULT = 0 };
+enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT64 = 7, IO_REQUIRED = 0, IO_OPTIONAL = 1, MEM_DEFAULT = 0 };
 
 typedef OrtStatus *(*CreateStatusFn)(int, const char *);
 typedef OrtStatus *(*GetInputFn)(const OrtKernelContext *, size_t, const OrtValue **);
@@ -113,34 +128,52 @@ static const OrtApi *g_api;
 static OrtStatus *fail(int code, const char *msg) { return ORT_CALL(g_api, CreateStatus, CreateStatusFn)(code, msg); }
 
 /* ---- the kernel ------------------------------------------------------------------------------ */
-enum { TILE = 16, BLOCK = 32, MAX_ROWS = 12 };
+enum { TILE = 16, BLOCK = 32 };
+enum { FP32 = 0, BF16 = 1, INT8 = 2 };  /* precisions: the op's precision input, best path for each */
+enum { BF16_AVX512 = 3, INT8_VNNI = 4, INT8_AMX = 5, BF16_AMX = 6, PATHS = 8 };  /* or a path, named */
+enum { INT8X3 = 7 };  /* a precision with one path (VNNI): three int8 levels per activation */
+enum { ROWS_INT8 = 12, ROWS_FP32 = 4, ROWS_BF16 = 4, ROWS_X3 = 5 };  /* rows a group keeps in registers */
+#define INLINE static inline __attribute__((always_inline))
 
 typedef struct {
-    const int8_t *aq;      /* [M, K] activations quantized per block */
-    const float *ascale;   /* [M, K/32] */
-    const int32_t *azero;  /* [M, K/32]: -zero_point * the block's sum of quantized activations */
-    const uint8_t *w;      /* [N/16, K/32, 64*bits] */
-    const float *wscale;   /* [N/16, K/32, 16] */
-    float *y;              /* [M, N] */
-    int64_t M, K, N, bits;
+    const float *a;         /* [M, K] activations */
+    const int8_t *aq;       /* int8: [M, K] codes, per block; int8x3: [3, M, K], a level each */
+    const uint32_t *ab;     /* bf16: [M, K/32, 16] pairs of bf16 activations (see bf16_pairs) */
+    const float *ascale;    /* int8: [M, K/32]; int8x3: [M, K/32, 3] */
+    const int32_t *azero;   /* int8: [M, K/32] -zero_point * the block's sum of codes; int8x3: [M, K/32, 3] */
+    const float *asum;      /* int8: scale * sum of codes; fp32, bf16, int8x3: sum of the activations. [M, K/32] */
+    const uint8_t *w;       /* [N/16, K/32, 64*bits] */
+    const float *wscale;    /* [N/16, K/32, 16] */
+    const float *wmin;      /* [N/16, K/32, 16] or NULL */
+    float *y;               /* [M, N] */
+    int64_t M, K, N, bits, zero_point;
+    int precision;          /* FP32, BF16, INT8 or INT8X3: what the activations become */
+    int path;               /* FP32, BF16_AVX512, INT8_VNNI, INT8_AMX or BF16_AMX: which code runs */
 } Work;
 
-/* d += per-lane dot of 4 unsigned weight bytes with the 4 signed activation bytes at a, which
- * are broadcast to every lane from memory (GCC does not fold _mm512_set1_epi32 into the
- * instruction's {1to16} operand by itself, and the separate broadcast costs an extra uop). */
-static inline __attribute__((always_inline)) __m512i dot4(__m512i d, __m512i w, const int32_t *a) {
+/* Inline-assembly forms with the activation broadcast from memory ({1to16}): GCC does not fold a
+ * separate broadcast into these instructions by itself, and the extra uop costs. */
+INLINE __m512i dot_u8s8(__m512i d, __m512i w, const int32_t *a) {
     __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(d) : "v"(w), "m"(*a));
     return d;
 }
+INLINE __m512 fma_bcast(__m512 acc, __m512 w, const float *a) {
+    __asm__("vfmadd231ps %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*a));
+    return acc;
+}
+INLINE __m512 dot_bf16(__m512 acc, __m512i w, const uint32_t *a) {
+    __asm__("vdpbf16ps %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*a));
+    return acc;
+}
 
-/* Rows m0..m0+R-1 of output tile t. R and BITS are constants at every call site, so the row
- * loops unroll and the accumulators live in registers. */
-static inline __attribute__((always_inline)) void tile_rows(const Work *wk, int64_t t, int64_t m0, const int R,
-                                                            const int BITS) {
+/* ---- INT8: rows m0..m0+R-1 of output tile t. R and BITS are constants at every call site, so the
+ * row loops unroll and the accumulators live in registers. */
+INLINE void int8_rows(const Work *wk, int64_t t, int64_t m0, const int R, const int BITS) {
     const int64_t K = wk->K, KB = K / BLOCK;
     const uint8_t *wt = wk->w + t * KB * 64 * BITS;
     const float *st = wk->wscale + t * KB * TILE;
-    __m512 acc[MAX_ROWS];
+    const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
+    __m512 acc[ROWS_INT8];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t kb = 0; kb < KB; kb++) {
@@ -160,54 +193,382 @@ static inline __attribute__((always_inline)) void tile_rows(const Work *wk, int6
         for (int r = 0; r < R; r++) {
             const int64_t row = m0 + r;
             const int32_t *a = (const int32_t *)(wk->aq + row * K + kb * BLOCK);
-            /* a dot product's latency is several cycles: few rows run out of independent work
-             * on one chain of 8 per row, so they split it (4 chains for one row, 2 up to 4 rows) */
+            /* a dot product's latency is several cycles: few rows run out of independent work on
+             * one chain of 8 per row, so they split it (integer sums: the order does not matter) */
             const int CH = R == 1 ? 4 : R <= 4 ? 2 : 1;
             __m512i d[4];
             d[0] = _mm512_set1_epi32(wk->azero[row * KB + kb]);
             for (int c = 1; c < CH; c++) d[c] = _mm512_setzero_si512();
             for (int s = 0; s < 8; s += CH)
-                for (int c = 0; c < CH; c++) d[c] = dot4(d[c], w[s + c], a + s + c);
+                for (int c = 0; c < CH; c++) d[c] = dot_u8s8(d[c], w[s + c], a + s + c);
             if (CH == 4) { d[0] = _mm512_add_epi32(d[0], d[2]); d[1] = _mm512_add_epi32(d[1], d[3]); }
             if (CH >= 2) d[0] = _mm512_add_epi32(d[0], d[1]);
-            const __m512i d0 = d[0];
-            const __m512 dot = _mm512_cvtepi32_ps(d0);
+            const __m512 dot = _mm512_cvtepi32_ps(d[0]);
             acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dot, _mm512_set1_ps(wk->ascale[row * KB + kb])), sb, acc[r]);
+            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE), _mm512_set1_ps(wk->asum[row * KB + kb]),
+                                             acc[r]);
         }
     }
     for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
 }
 
-#define ROWS_CASES(BITS)                                   \
-    switch (R) {                                           \
-    case 1: tile_rows(wk, t, m0, 1, BITS); break;          \
-    case 2: tile_rows(wk, t, m0, 2, BITS); break;          \
-    case 3: tile_rows(wk, t, m0, 3, BITS); break;          \
-    case 4: tile_rows(wk, t, m0, 4, BITS); break;          \
-    case 5: tile_rows(wk, t, m0, 5, BITS); break;          \
-    case 6: tile_rows(wk, t, m0, 6, BITS); break;          \
-    case 7: tile_rows(wk, t, m0, 7, BITS); break;          \
-    case 8: tile_rows(wk, t, m0, 8, BITS); break;          \
-    case 9: tile_rows(wk, t, m0, 9, BITS); break;          \
-    case 10: tile_rows(wk, t, m0, 10, BITS); break;          \
-    case 11: tile_rows(wk, t, m0, 11, BITS); break;          \
-    default: tile_rows(wk, t, m0, 12, BITS); break;        \
+/* ---- INT8X3: each activation as three int8 levels, a = s1 q1 + s2 q2 + s3 q3 (s2 = s1/254,
+ * s3 = s2/254: each level quantizes what the previous one left, so the remainder is at most
+ * max|a| / (127 * 254 * 254 * 2), 6e-8 of the block's largest, about fp32's own rounding). Three
+ * exact VNNI dots per block and row, combined in fp32 as ((q1.c) s1 + (q2.c) s2) + (q3.c) s3, times
+ * d, plus m * the block's fp32 activation sum: fp32's answers at about twice int8's cost. */
+INLINE void x3_rows(const Work *wk, int64_t t, int64_t m0, const int R, const int BITS) {
+    const int64_t K = wk->K, KB = K / BLOCK, MK = wk->M * K;
+    const uint8_t *wt = wk->w + t * KB * 64 * BITS;
+    const float *st = wk->wscale + t * KB * TILE;
+    const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
+    __m512 acc[ROWS_X3];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int64_t kb = 0; kb < KB; kb++) {
+        __m512i w[8];
+        if (BITS == 4) {
+            const uint8_t *p = wt + kb * 256;
+            for (int c = 0; c < 4; c++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * c));
+                w[2 * c] = _mm512_and_si512(v, low);
+                w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            }
+        } else {
+            const uint8_t *p = wt + kb * 512;
+            for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512((const void *)(p + 64 * s));
+        }
+        const __m512 d = _mm512_loadu_ps(st + kb * TILE);
+        for (int r = 0; r < R; r++) {
+            const int64_t row = m0 + r, at = (row * KB + kb) * 3;
+            __m512i dot[3];
+            for (int l = 0; l < 3; l++) {  /* integer sums: two chains for a lone row, same result */
+                const int32_t *a = (const int32_t *)(wk->aq + l * MK + row * K + kb * BLOCK);
+                __m512i c0 = _mm512_set1_epi32(wk->azero[at + l]), c1 = _mm512_setzero_si512();
+                for (int s = 0; s < 8; s += 2) {
+                    c0 = dot_u8s8(c0, w[s], a + s);
+                    if (R == 1) c1 = dot_u8s8(c1, w[s + 1], a + s + 1);
+                    else c0 = dot_u8s8(c0, w[s + 1], a + s + 1);
+                }
+                dot[l] = R == 1 ? _mm512_add_epi32(c0, c1) : c0;
+            }
+            const float *sc = wk->ascale + at;
+            __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[0]), _mm512_set1_ps(sc[0]));
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[1]), _mm512_set1_ps(sc[1]), v);
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[2]), _mm512_set1_ps(sc[2]), v);
+            acc[r] = _mm512_fmadd_ps(v, d, acc[r]);
+            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE),
+                                             _mm512_set1_ps(wk->asum[row * KB + kb]), acc[r]);
+        }
     }
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
+}
 
-/* Every row of output tile t, in near-equal chunks of at most MAX_ROWS. */
-static void run_tile(void *arg, size_t t) {
-    const Work *wk = (const Work *)arg;
-    const int64_t chunks = (wk->M + MAX_ROWS - 1) / MAX_ROWS;
-    const int64_t per = (wk->M + chunks - 1) / chunks;
-    for (int64_t m0 = 0; m0 < wk->M; m0 += per) {
-        const int R = (int)(wk->M - m0 < per ? wk->M - m0 : per);
-        if (wk->bits == 4) { ROWS_CASES(4) } else { ROWS_CASES(8) }
+/* ---- FP32: per block and row, the activations dotted with the codes' values (exact in fp32) in
+ * four fixed chains (k's position in its group of 8 picks the chain), summed (c0+c1)+(c2+c3),
+ * scaled by d, plus m * the block's activation sum: d * (a . code) + m * sum(a), the block's
+ * share of a . (d * code + m) with no rounding of its weights. */
+INLINE void fp32_rows(const Work *wk, int64_t t, int64_t m0, const int R, const int BITS) {
+    const int64_t K = wk->K, KB = K / BLOCK;
+    const uint8_t *wt = wk->w + t * KB * 64 * BITS;
+    const float *st = wk->wscale + t * KB * TILE;
+    const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
+    const float zp = mt ? 0.0f : (float)wk->zero_point;
+    /* 4 bits: a nibble indexes this table of code values (vpermps reads an index's low 4 bits) */
+    const __m512 table = _mm512_sub_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_ps(zp));
+    const __m512i byte = _mm512_set1_epi32(0xFF);
+    __m512 acc[ROWS_FP32];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t kb = 0; kb < KB; kb++) {
+        const float *a = wk->a + m0 * K + kb * BLOCK;
+        __m512 ch[ROWS_FP32][4];
+        for (int r = 0; r < R; r++)
+            for (int c = 0; c < 4; c++) ch[r][c] = _mm512_setzero_ps();
+        if (BITS == 4) {
+            for (int c = 0; c < 4; c++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(wt + kb * 256 + 64 * c));
+                for (int j = 0; j < 8; j++) {  /* nibble j of each column's 4 bytes: k = 8c + j/2 + 4(j%2) */
+                    const __m512 w = _mm512_permutexvar_ps(j ? _mm512_srli_epi32(v, 4 * j) : v, table);
+                    const int k = 8 * c + j / 2 + 4 * (j % 2);
+                    for (int r = 0; r < R; r++) ch[r][j % 4] = fma_bcast(ch[r][j % 4], w, a + r * K + k);
+                }
+            }
+        } else {
+            for (int s = 0; s < 8; s++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(wt + kb * 512 + 64 * s));
+                for (int i = 0; i < 4; i++) {  /* byte i of each column's 4: k = 4s + i */
+                    const __m512i u = _mm512_and_si512(i ? _mm512_srli_epi32(v, 8 * i) : v, byte);
+                    const __m512 w = _mm512_sub_ps(_mm512_cvtepi32_ps(u), _mm512_set1_ps(zp));
+                    for (int r = 0; r < R; r++) ch[r][i] = fma_bcast(ch[r][i], w, a + r * K + 4 * s + i);
+                }
+            }
+        }
+        const __m512 d = _mm512_loadu_ps(st + kb * TILE);
+        for (int r = 0; r < R; r++) {
+            const __m512 dot = _mm512_add_ps(_mm512_add_ps(ch[r][0], ch[r][1]), _mm512_add_ps(ch[r][2], ch[r][3]));
+            acc[r] = _mm512_fmadd_ps(dot, d, acc[r]);
+            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE),
+                                             _mm512_set1_ps(wk->asum[(m0 + r) * KB + kb]), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
+}
+
+/* ---- BF16: pairs of k per 32-bit lane, in the order 4 bits unpack them cheaply:
+ * within each group of 8 (k = 8c..8c+7), pair q = 0..3 holds (k0,k2), (k1,k3), (k4,k6), (k5,k7)
+ * (low half first). The activations are laid out in the same pairs (bf16_pairs). */
+#define BF16_FN __attribute__((target("avx512f,avx512bw,avx512bf16")))
+static const uint8_t PAIR_FIRST[4] = {0, 1, 4, 5};
+
+/* Group c of a tile's block as four vectors of 16 columns x one pair, exact bf16 codes. */
+INLINE BF16_FN void bf16_weights(const uint8_t *blockp, int c, const int BITS, __m512i table, float zp,
+                                 __m512i w[4]) {
+    if (BITS == 4) {
+        /* a 16-bit word's low 5 bits index the table of 32 words (entry e = bf16((e & 15) - zp)):
+         * word 0 of a column's 4 bytes is k0 (+ a bit of k4, masked by the table), word 1 is k2 */
+        const __m512i v = _mm512_loadu_si512((const void *)(blockp + 64 * c));
+        w[0] = _mm512_permutexvar_epi16(v, table);
+        w[1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 8), table);
+        w[2] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table);
+        w[3] = _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 12), table);
+    } else {
+        /* small integers are exact in bf16: a float's top 16 bits; pair (k, k+2) = (low, high) */
+        const __m512i byte = _mm512_set1_epi32(0xFF), high = _mm512_set1_epi32((int)0xFFFF0000u);
+        for (int h = 0; h < 2; h++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(blockp + 64 * (2 * c + h)));
+            __m512i f[4];
+            for (int i = 0; i < 4; i++)
+                f[i] = _mm512_castps_si512(_mm512_sub_ps(
+                    _mm512_cvtepi32_ps(_mm512_and_si512(i ? _mm512_srli_epi32(v, 8 * i) : v, byte)), _mm512_set1_ps(zp)));
+            w[2 * h] = _mm512_or_si512(_mm512_and_si512(f[2], high), _mm512_srli_epi32(f[0], 16));
+            w[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(f[3], high), _mm512_srli_epi32(f[1], 16));
+        }
     }
 }
 
-/* Per row and block of 32: int8 codes, scale and -zero_point * sum of codes. */
-static void quantize(const float *A, int64_t M, int64_t K, int32_t zero_point, int8_t *aq, float *ascale,
-                     int32_t *azero) {
+INLINE BF16_FN void bf16_rows(const Work *wk, int64_t t, int64_t m0, const int R, const int BITS) {
+    const int64_t K = wk->K, KB = K / BLOCK;
+    const uint8_t *wt = wk->w + t * KB * 64 * BITS;
+    const float *st = wk->wscale + t * KB * TILE;
+    const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
+    const float zp = mt ? 0.0f : (float)wk->zero_point;
+    uint16_t words[32];
+    for (int e = 0; e < 32; e++) {
+        const float f = (float)(e & 15) - zp;
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        words[e] = (uint16_t)(bits >> 16);  /* exact: small integers */
+    }
+    const __m512i table = _mm512_loadu_si512((const void *)words);
+    __m512 acc[ROWS_BF16];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t kb = 0; kb < KB; kb++) {
+        __m512 ch[ROWS_BF16][4];
+        for (int r = 0; r < R; r++)
+            for (int q = 0; q < 4; q++) ch[r][q] = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++) {
+            __m512i w[4];
+            bf16_weights(wt + kb * 32 * BITS * 2, c, BITS, table, zp, w);
+            for (int r = 0; r < R; r++) {
+                const uint32_t *a = wk->ab + ((m0 + r) * KB + kb) * 16 + 4 * c;
+                for (int q = 0; q < 4; q++) ch[r][q] = dot_bf16(ch[r][q], w[q], a + q);
+            }
+        }
+        const __m512 d = _mm512_loadu_ps(st + kb * TILE);
+        for (int r = 0; r < R; r++) {
+            const __m512 dot = _mm512_add_ps(_mm512_add_ps(ch[r][0], ch[r][1]), _mm512_add_ps(ch[r][2], ch[r][3]));
+            acc[r] = _mm512_fmadd_ps(dot, d, acc[r]);
+            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE),
+                                             _mm512_set1_ps(wk->asum[(m0 + r) * KB + kb]), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
+}
+
+/* ---- AMX: Intel's tile registers (Sapphire Rapids and later), one block of 32 per tile product.
+ * INT8: C[rows, 16] int32 = A (the rows' int8 codes of the block, 32 bytes a row) . B (the block's
+ * weight codes, 8 rows of 16 columns x 4 bytes: the tiled layout's steps as they are) with
+ * TDPBSUD (signed activations, unsigned codes); the same epilogue as int8_rows, so every row is
+ * bit for bit what the VNNI path computes. BF16: C[rows, 16] fp32 = A (the rows' bf16 pairs of
+ * the block, 64 bytes a row) . B (16 rows of pairs, from bf16_weights) with TDPBF16PS, then d * C
+ * + m * the block's activation sum; it sums in its own order, so a bf16 pass runs on AMX for
+ * every row count or not at all. Linux grants the tile state on request (amx_permitted). */
+#define AMX_FN __attribute__((target("avx512f,avx512bw,avx512bf16,amx-tile,amx-int8,amx-bf16")))
+enum { ROWS_AMX = 16, AMX_INT8_FROM = 3 };  /* int8 groups of fewer rows run on VNNI: same bits, less setup */
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} TileConfig;
+
+/* tmm0 = C [rows x 64 bytes], tmm1 = A [rows x a_bytes], tmm2 = B [b_rows x 64 bytes] */
+static AMX_FN void amx_configure(int rows, int a_bytes, int b_rows) {
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    cfg.rows[0] = (uint8_t)rows, cfg.colsb[0] = 64;
+    cfg.rows[1] = (uint8_t)rows, cfg.colsb[1] = (uint16_t)a_bytes;
+    cfg.rows[2] = (uint8_t)b_rows, cfg.colsb[2] = 64;
+    _tile_loadconfig(&cfg);
+}
+
+static AMX_FN void amx_int8_rows(const Work *wk, int64_t t, int64_t m0, int R) {
+    const int64_t K = wk->K, KB = K / BLOCK;
+    const int BITS = (int)wk->bits;
+    const uint8_t *wt = wk->w + t * KB * 64 * BITS;
+    const float *st = wk->wscale + t * KB * TILE;
+    const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
+    __attribute__((aligned(64))) uint8_t steps[8 * 64];
+    __attribute__((aligned(64))) int32_t c[ROWS_AMX * TILE];
+    __m512 acc[ROWS_AMX];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    amx_configure(R, BLOCK, 8);
+    for (int64_t kb = 0; kb < KB; kb++) {
+        const uint8_t *b = wt + kb * 512;
+        if (BITS == 4) {  /* the 8 steps of 64 bytes int8_rows unpacks into registers */
+            const uint8_t *p = wt + kb * 256;
+            for (int ch = 0; ch < 4; ch++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * ch));
+                _mm512_store_si512((void *)(steps + 128 * ch), _mm512_and_si512(v, low));
+                _mm512_store_si512((void *)(steps + 128 * ch + 64), _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+            }
+            b = steps;
+        }
+        _tile_zero(0);
+        _tile_loadd(1, wk->aq + m0 * K + kb * BLOCK, K);
+        _tile_loadd(2, b, 64);
+        _tile_dpbsud(0, 1, 2);
+        _tile_stored(0, c, 64);
+        const __m512 sb = _mm512_loadu_ps(st + kb * TILE);
+        for (int r = 0; r < R; r++) {
+            const int64_t row = m0 + r;
+            const __m512i d = _mm512_add_epi32(_mm512_set1_epi32(wk->azero[row * KB + kb]),
+                                               _mm512_load_si512((const void *)(c + r * TILE)));
+            const __m512 dot = _mm512_cvtepi32_ps(d);
+            acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dot, _mm512_set1_ps(wk->ascale[row * KB + kb])), sb, acc[r]);
+            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE), _mm512_set1_ps(wk->asum[row * KB + kb]),
+                                             acc[r]);
+        }
+    }
+    _tile_release();
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
+}
+
+static AMX_FN void amx_bf16_rows(const Work *wk, int64_t t, int64_t m0, int R) {
+    const int64_t K = wk->K, KB = K / BLOCK;
+    const int BITS = (int)wk->bits;
+    const uint8_t *wt = wk->w + t * KB * 64 * BITS;
+    const float *st = wk->wscale + t * KB * TILE;
+    const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
+    const float zp = mt ? 0.0f : (float)wk->zero_point;
+    uint16_t words[32];
+    for (int e = 0; e < 32; e++) {
+        const float f = (float)(e & 15) - zp;
+        uint32_t fbits;
+        memcpy(&fbits, &f, 4);
+        words[e] = (uint16_t)(fbits >> 16);
+    }
+    const __m512i table = _mm512_loadu_si512((const void *)words);
+    __attribute__((aligned(64))) uint32_t pairs[16 * TILE];
+    __attribute__((aligned(64))) float c[ROWS_AMX * TILE];
+    __m512 acc[ROWS_AMX];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    amx_configure(R, 64, 16);
+    for (int64_t kb = 0; kb < KB; kb++) {
+        for (int ch = 0; ch < 4; ch++) {  /* B row p = 4ch + q: pair q of group ch, 16 columns */
+            __m512i w[4];
+            if (BITS == 4) bf16_weights(wt + kb * 256, ch, 4, table, zp, w);
+            else bf16_weights(wt + kb * 512, ch, 8, table, zp, w);
+            for (int q = 0; q < 4; q++) _mm512_store_si512((void *)(pairs + (4 * ch + q) * TILE), w[q]);
+        }
+        _tile_zero(0);
+        _tile_loadd(1, wk->ab + (m0 * KB + kb) * 16, KB * 64);
+        _tile_loadd(2, pairs, 64);
+        _tile_dpbf16ps(0, 1, 2);
+        _tile_stored(0, c, 64);
+        const __m512 d = _mm512_loadu_ps(st + kb * TILE);
+        for (int r = 0; r < R; r++) {
+            acc[r] = _mm512_fmadd_ps(_mm512_load_ps(c + r * TILE), d, acc[r]);
+            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE),
+                                             _mm512_set1_ps(wk->asum[(m0 + r) * KB + kb]), acc[r]);
+        }
+    }
+    _tile_release();
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
+}
+
+/* Linux hands a process the AMX tile state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM for
+ * XFEATURE_XTILEDATA); 1 once granted. */
+static int amx_permitted(void) {
+    static int granted = -1;
+    if (granted < 0) {
+        unsigned long mask = 0;
+        granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0 &&
+                  syscall(SYS_arch_prctl, 0x1022 /* ARCH_GET_XCOMP_PERM */, &mask) == 0 && (mask >> 18 & 1);
+    }
+    return granted;
+}
+
+/* ---- one output tile, every row, in near-equal groups of at most `most` rows ------------------ */
+#define CASES(FN, BITS, MOST)                                                       \
+    switch (R > MOST ? MOST : R) {                                                  \
+    case 1: FN(wk, t, m0, 1, BITS); break;                                          \
+    case 2: FN(wk, t, m0, 2, BITS); break;                                          \
+    case 3: FN(wk, t, m0, 3, BITS); break;                                          \
+    case 4: FN(wk, t, m0, 4, BITS); break;                                          \
+    case 5: if (MOST >= 5) FN(wk, t, m0, 5 > MOST ? MOST : 5, BITS); break;         \
+    case 6: if (MOST >= 6) FN(wk, t, m0, 6 > MOST ? MOST : 6, BITS); break;         \
+    case 7: if (MOST >= 7) FN(wk, t, m0, 7 > MOST ? MOST : 7, BITS); break;         \
+    case 8: if (MOST >= 8) FN(wk, t, m0, 8 > MOST ? MOST : 8, BITS); break;         \
+    case 9: if (MOST >= 9) FN(wk, t, m0, 9 > MOST ? MOST : 9, BITS); break;         \
+    case 10: if (MOST >= 10) FN(wk, t, m0, 10 > MOST ? MOST : 10, BITS); break;     \
+    case 11: if (MOST >= 11) FN(wk, t, m0, 11 > MOST ? MOST : 11, BITS); break;     \
+    default: if (MOST >= 12) FN(wk, t, m0, 12 > MOST ? MOST : 12, BITS); break;     \
+    }
+
+INLINE void groups(const Work *wk, int64_t most, void (*group)(const Work *, int64_t, int64_t, int), int64_t t) {
+    const int64_t chunks = (wk->M + most - 1) / most;
+    const int64_t per = (wk->M + chunks - 1) / chunks;
+    for (int64_t m0 = 0; m0 < wk->M; m0 += per) group(wk, t, m0, (int)(wk->M - m0 < per ? wk->M - m0 : per));
+}
+
+static void int8_group(const Work *wk, int64_t t, int64_t m0, int R) {
+    if (wk->bits == 4) { CASES(int8_rows, 4, ROWS_INT8) } else { CASES(int8_rows, 8, ROWS_INT8) }
+}
+static void x3_group(const Work *wk, int64_t t, int64_t m0, int R) {
+    if (wk->bits == 4) { CASES(x3_rows, 4, ROWS_X3) } else { CASES(x3_rows, 8, ROWS_X3) }
+}
+static void fp32_group(const Work *wk, int64_t t, int64_t m0, int R) {
+    if (wk->bits == 4) { CASES(fp32_rows, 4, ROWS_FP32) } else { CASES(fp32_rows, 8, ROWS_FP32) }
+}
+static BF16_FN void bf16_group(const Work *wk, int64_t t, int64_t m0, int R) {
+    if (wk->bits == 4) { CASES(bf16_rows, 4, ROWS_BF16) } else { CASES(bf16_rows, 8, ROWS_BF16) }
+}
+
+static AMX_FN void amx_int8_group(const Work *wk, int64_t t, int64_t m0, int R) {
+    if (R < AMX_INT8_FROM) int8_group(wk, t, m0, R);
+    else amx_int8_rows(wk, t, m0, R);
+}
+
+static void run_tile(void *arg, size_t t) {
+    const Work *wk = (const Work *)arg;
+    switch (wk->path) {
+    case FP32: groups(wk, ROWS_FP32, fp32_group, (int64_t)t); break;
+    case BF16_AVX512: groups(wk, ROWS_BF16, bf16_group, (int64_t)t); break;
+    case INT8_AMX: groups(wk, ROWS_AMX, amx_int8_group, (int64_t)t); break;
+    case INT8X3: groups(wk, ROWS_X3, x3_group, (int64_t)t); break;
+    case BF16_AMX: groups(wk, ROWS_AMX, amx_bf16_rows, (int64_t)t); break;
+    default: groups(wk, ROWS_INT8, int8_group, (int64_t)t); break;
+    }
+}
+
+/* ---- per-row preparation of the activations ---------------------------------------------------- */
+/* INT8, per row and block of 32: codes, scale, -zero_point * sum of codes, scale * sum of codes. */
+static void quantize_int8(const float *A, int64_t M, int64_t K, int32_t zero_point, int8_t *aq, float *ascale,
+                          int32_t *azero, float *asum) {
     const int64_t KB = K / BLOCK;
     for (int64_t m = 0; m < M; m++) {
         for (int64_t kb = 0; kb < KB; kb++) {
@@ -219,15 +580,69 @@ static void quantize(const float *A, int64_t M, int64_t K, int32_t zero_point, i
             const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, _mm512_set1_ps(inv)));
             _mm_storeu_si128((__m128i *)(aq + m * K + kb * BLOCK), _mm512_cvtepi32_epi8(q0));
             _mm_storeu_si128((__m128i *)(aq + m * K + kb * BLOCK + 16), _mm512_cvtepi32_epi8(q1));
+            const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
             ascale[m * KB + kb] = amax / 127.0f;
-            azero[m * KB + kb] = -zero_point * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+            azero[m * KB + kb] = -zero_point * sum;
+            asum[m * KB + kb] = ascale[m * KB + kb] * (float)sum;
         }
     }
 }
 
-/* The calling thread's buffer for quantized activations, grown as needed and kept: a pass calls
- * the op once per matmul, and allocating per call churns the heap (the process grew 6% in a
- * one-minute soak that way). One per thread, so concurrent runs of a session never share it. */
+/* INT8X3, per row and block: three levels of int8 codes, their scales and -zero_point * the sums
+ * of their codes, and the fp32 sum of the activations. A level's codes saturate at +-127 (a
+ * remainder a rounding past half a step would otherwise wrap). */
+static void quantize_x3(const float *A, int64_t M, int64_t K, int32_t zero_point, int8_t *aq, float *ascale,
+                        int32_t *azero, float *asum) {
+    const int64_t KB = K / BLOCK;
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t kb = 0; kb < KB; kb++) {
+            const float *x = A + m * K + kb * BLOCK;
+            __m512 r0 = _mm512_loadu_ps(x), r1 = _mm512_loadu_ps(x + 16);
+            asum[m * KB + kb] = _mm512_reduce_add_ps(_mm512_add_ps(r0, r1));
+            float scale = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(r0), _mm512_abs_ps(r1))) / 127.0f;
+            for (int l = 0; l < 3; l++) {
+                const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+                const __m512i q0 = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(r0, _mm512_set1_ps(inv))),
+                                                                     _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+                const __m512i q1 = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(r1, _mm512_set1_ps(inv))),
+                                                                     _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+                int8_t *out = aq + l * M * K + m * K + kb * BLOCK;
+                _mm_storeu_si128((__m128i *)out, _mm512_cvtepi32_epi8(q0));
+                _mm_storeu_si128((__m128i *)(out + 16), _mm512_cvtepi32_epi8(q1));
+                ascale[(m * KB + kb) * 3 + l] = scale;
+                azero[(m * KB + kb) * 3 + l] = -zero_point * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                r0 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(q0), _mm512_set1_ps(scale), r0);  /* what is left */
+                r1 = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(q1), _mm512_set1_ps(scale), r1);
+                scale = scale / 254.0f;
+            }
+        }
+    }
+}
+
+/* BF16, per row and block: the 32 activations rounded to bf16 (nearest even) in pair order, and
+ * their fp32 sum (one fixed order: the two halves added lane by lane, then a fixed reduction). */
+static BF16_FN void bf16_pairs(const float *A, int64_t M, int64_t K, uint32_t *ab, float *asum) {
+    const int64_t KB = K / BLOCK;
+    uint16_t order[32];  /* pair p = 4c+q: words 2p, 2p+1 = k = 8c + PAIR_FIRST[q], that + 2 */
+    for (int p = 0; p < 16; p++) {
+        order[2 * p] = (uint16_t)(8 * (p / 4) + PAIR_FIRST[p % 4]);
+        order[2 * p + 1] = (uint16_t)(order[2 * p] + 2);
+    }
+    const __m512i perm = _mm512_loadu_si512((const void *)order);
+    for (int64_t m = 0; m < M; m++) {
+        for (int64_t kb = 0; kb < KB; kb++) {
+            const float *x = A + m * K + kb * BLOCK;
+            const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+            const __m512i natural = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);  /* words 0..15 = x0, 16..31 = x1 */
+            _mm512_storeu_si512((void *)(ab + (m * KB + kb) * 16), _mm512_permutexvar_epi16(perm, natural));
+            asum[m * KB + kb] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+        }
+    }
+}
+
+/* The calling thread's scratch buffer, grown as needed and kept: a pass calls the op once per
+ * matmul, and allocating per call churns the heap (the process grew 6% in a one-minute soak that
+ * way). One per thread, so concurrent runs of a session never share it. */
 static char *scratch_of(size_t bytes) {
     static __thread char *buffer;
     static __thread size_t size;
@@ -242,8 +657,99 @@ static char *scratch_of(size_t bytes) {
     return buffer;
 }
 
+/* Fills the precision's per-row inputs of `wk` in the thread's scratch; 0 when out of memory. */
+static int prepare_rows(Work *wk) {
+    const int64_t M = wk->M, K = wk->K, KB = K / BLOCK;
+    const size_t per_block = (size_t)(M * KB) * 4;  /* one float or int32 per row and block */
+    if (wk->precision == FP32) {  /* the activations as they are; their block sums for the minimums */
+        if (!wk->wmin) return 1;
+        float *asum = (float *)scratch_of(per_block);
+        if (!asum) return 0;
+        for (int64_t i = 0; i < M * KB; i++) {
+            const float *x = wk->a + i * BLOCK;
+            asum[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16)));
+        }
+        wk->asum = asum;
+        return 1;
+    }
+    if (wk->precision == INT8X3) {
+        const size_t codes = (size_t)(3 * M * K + 63) / 64 * 64;
+        char *s = scratch_of(codes + 7 * per_block);
+        if (!s) return 0;
+        wk->aq = (const int8_t *)s;
+        wk->ascale = (const float *)(s + codes);
+        wk->azero = (const int32_t *)(s + codes + 3 * per_block);
+        wk->asum = (const float *)(s + codes + 6 * per_block);
+        quantize_x3(wk->a, M, K, wk->wmin ? 0 : (int32_t)wk->zero_point, (int8_t *)wk->aq, (float *)wk->ascale,
+                    (int32_t *)wk->azero, (float *)wk->asum);
+        return 1;
+    }
+    if (wk->precision == BF16) {
+        char *s = scratch_of((size_t)(M * K) * 2 + per_block);
+        if (!s) return 0;
+        wk->ab = (const uint32_t *)s;
+        wk->asum = (const float *)(s + (size_t)(M * K) * 2);
+        bf16_pairs(wk->a, M, K, (uint32_t *)wk->ab, (float *)wk->asum);
+        return 1;
+    }
+    const size_t codes = (size_t)(M * K + 63) / 64 * 64;
+    char *s = scratch_of(codes + 3 * per_block);
+    if (!s) return 0;
+    wk->aq = (const int8_t *)s;
+    wk->ascale = (const float *)(s + codes);
+    wk->azero = (const int32_t *)(s + codes + per_block);
+    wk->asum = (const float *)(s + codes + 2 * per_block);
+    quantize_int8(wk->a, M, K, wk->wmin ? 0 : (int32_t)wk->zero_point, (int8_t *)wk->aq, (float *)wk->ascale,
+                  (int32_t *)wk->azero, (float *)wk->asum);
+    return 1;
+}
+
+/* Paths switched off by the loader (a path that failed its self-check at load), bit per path. */
+static int g_disabled;
+
+void specops_disable_path(int path) { if (path > FP32 && path < PATHS) g_disabled |= 1 << path; }
+
+/* Which paths this CPU runs, bit per path: FP32 (AVX-512 F/BW), BF16_AVX512 (+ AVX-512 BF16),
+ * INT8_VNNI (+ AVX-512 VNNI), INT8_AMX and BF16_AMX (AMX-INT8 / AMX-BF16, the tile state granted);
+ * less the disabled ones. */
+int specops_paths(void) {
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))) return 0;
+    const int bf16 = __builtin_cpu_supports("avx512bf16"), vnni = __builtin_cpu_supports("avx512vnni");
+    const int tiles = __builtin_cpu_supports("amx-tile") && amx_permitted();
+    int mask = 1 << FP32;
+    if (bf16) mask |= 1 << BF16_AVX512;
+    if (vnni) mask |= 1 << INT8_VNNI | 1 << INT8X3;
+    if (tiles && vnni && __builtin_cpu_supports("amx-int8")) mask |= 1 << INT8_AMX;
+    if (tiles && bf16 && __builtin_cpu_supports("amx-bf16")) mask |= 1 << BF16_AMX;
+    return mask & ~g_disabled;
+}
+
+/* The path a precision (or a named path) runs on here: AMX first where it runs; -1 = none. */
+int specops_path_of(int precision) {
+    const int paths = specops_paths();
+    const int order[3][2] = {{FP32, FP32}, {BF16_AMX, BF16_AVX512}, {INT8_AMX, INT8_VNNI}};
+    if (precision >= PATHS || precision < 0) return -1;
+    if (precision > INT8) return paths >> precision & 1 ? precision : -1;  /* a named path, or INT8X3 */
+    for (int i = 0; i < 2; i++)
+        if (paths >> order[precision][i] & 1) return order[precision][i];
+    return -1;
+}
+
+/* Which precisions this CPU runs: bit FP32, BF16, INT8, INT8X3. */
+int specops_precisions(void) {
+    int mask = 0;
+    for (int p = FP32; p <= INT8; p++) mask |= (specops_path_of(p) >= 0) << p;
+    mask |= (specops_path_of(INT8X3) >= 0) << INT8X3;
+    return mask;
+}
+
+/* 1 when this CPU runs the kernel at all (the loader checks before registering). */
+int specops_supported(void) { return specops_precisions() != 0; }
+
 /* ---- the custom op --------------------------------------------------------------------------- */
-typedef struct { int64_t K, N, bits; } Kernel;
+
+typedef struct { int64_t K, N, bits, zero_point, has_min; } Kernel;
 
 static OrtStatus *shape_of(const OrtValue *v, int64_t *dims, size_t *n) {
     OrtShapeInfo *info;
@@ -262,6 +768,8 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     TRY(attr(info, "K", &k.K));
     TRY(attr(info, "N", &k.N));
     TRY(attr(info, "bits", &k.bits));
+    TRY(attr(info, "zero_point", &k.zero_point));
+    TRY(attr(info, "has_min", &k.has_min));
     if ((k.bits != 4 && k.bits != 8) || k.K % BLOCK || k.N % TILE || k.K <= 0 || k.N <= 0)
         return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: needs bits 4 or 8, K a multiple of 32, N of 16");
     Kernel *p = malloc(sizeof *p);
@@ -271,49 +779,61 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
     return NULL;
 }
 
+static OrtStatus *check_tiled(const OrtValue *v, const Kernel *k, int64_t last, const char *what) {
+    int64_t dims[8];
+    size_t n;
+    TRY(shape_of(v, dims, &n));
+    if (n != 3 || dims[0] != k->N / TILE || dims[1] != k->K / BLOCK || dims[2] != last)
+        return fail(ORT_INVALID_ARGUMENT, what);
+    return NULL;
+}
+
 static OrtStatus *compute(void *state, OrtKernelContext *ctx) {
     const Kernel *k = (const Kernel *)state;
-    const OrtValue *in[3];
-    for (size_t i = 0; i < 3; i++) TRY(ORT_CALL(g_api, KernelContext_GetInput, GetInputFn)(ctx, i, &in[i]));
-    int64_t dims[8], wdims[8], sdims[8];
-    size_t nd, nw, ns;
+    const size_t inputs = k->has_min ? 5 : 4;
+    const OrtValue *in[5] = {NULL, NULL, NULL, NULL, NULL};
+    for (size_t i = 0; i < inputs; i++) TRY(ORT_CALL(g_api, KernelContext_GetInput, GetInputFn)(ctx, i, &in[i]));
+    if (k->has_min && !in[4]) return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: has_min=1 without a mins input");
+    int64_t dims[8];
+    size_t nd;
     TRY(shape_of(in[0], dims, &nd));
-    TRY(shape_of(in[1], wdims, &nw));
-    TRY(shape_of(in[2], sdims, &ns));
-    const int64_t KB = k->K / BLOCK, tiles = k->N / TILE;
     if (nd < 1 || dims[nd - 1] != k->K)
         return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: input's last dimension is not K");
-    if (nw != 3 || wdims[0] != tiles || wdims[1] != KB || wdims[2] != 64 * k->bits || ns != 3 ||
-        sdims[0] != tiles || sdims[1] != KB || sdims[2] != TILE)
-        return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: weights or scales are not in the tiled layout");
+    TRY(check_tiled(in[1], k, 64 * k->bits, "specops.QMatMul: weights are not in the tiled layout"));
+    TRY(check_tiled(in[2], k, TILE, "specops.QMatMul: scales are not in the tiled layout"));
+    if (k->has_min) TRY(check_tiled(in[4], k, TILE, "specops.QMatMul: mins are not in the tiled layout"));
     int64_t M = 1;
     for (size_t i = 0; i + 1 < nd; i++) M *= dims[i];
     dims[nd - 1] = k->N;
     OrtValue *out;
     TRY(ORT_CALL(g_api, KernelContext_GetOutput, GetOutputFn)(ctx, 0, dims, nd, &out));
-    void *a, *w, *s, *y;
-    TRY(ORT_CALL(g_api, GetTensorMutableData, MutableDataFn)((OrtValue *)in[0], &a));
-    TRY(ORT_CALL(g_api, GetTensorMutableData, MutableDataFn)((OrtValue *)in[1], &w));
-    TRY(ORT_CALL(g_api, GetTensorMutableData, MutableDataFn)((OrtValue *)in[2], &s));
+    void *data[5] = {NULL, NULL, NULL, NULL, NULL}, *y;
+    for (size_t i = 0; i < inputs; i++)
+        TRY(ORT_CALL(g_api, GetTensorMutableData, MutableDataFn)((OrtValue *)in[i], &data[i]));
     TRY(ORT_CALL(g_api, GetTensorMutableData, MutableDataFn)(out, &y));
+    const int64_t asked = *(const int64_t *)data[3];
+    const int path = asked >= 0 && asked < PATHS ? specops_path_of((int)asked) : -1;
+    if (path < 0)
+        return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: precision must be 0 (fp32), 1 (bf16, needs AVX-512 "
+                                          "BF16), 2 (int8, needs AVX-512 VNNI), 7 (int8x3, VNNI) or a path 3-6, one this CPU runs");
+    const int precision = path == BF16_AVX512 || path == BF16_AMX ? BF16 : path == FP32 ? FP32
+                          : path == INT8X3 ? INT8X3 : INT8;
     if (M == 0) return NULL;
-    const size_t codes = (size_t)(M * k->K + 63) / 64 * 64;
-    char *scratch = scratch_of(codes + (size_t)(M * KB) * 8);
-    if (!scratch) return fail(ORT_FAIL, "specops.QMatMul: out of memory");
-    Work wk = {(int8_t *)scratch, (float *)(scratch + codes), (int32_t *)(scratch + codes) + M * KB,
-               (const uint8_t *)w, (const float *)s, (float *)y, M, k->K, k->N, k->bits};
-    quantize((const float *)a, M, k->K, k->bits == 4 ? 8 : 128, (int8_t *)wk.aq, (float *)wk.ascale,
-             (int32_t *)wk.azero);
-    return ORT_CALL(g_api, KernelContext_ParallelFor, ParallelForFn)(ctx, run_tile, (size_t)tiles, 0, &wk);
+    Work wk = {.a = (const float *)data[0], .w = (const uint8_t *)data[1], .wscale = (const float *)data[2],
+               .wmin = (const float *)data[4], .y = (float *)y, .M = M, .K = k->K, .N = k->N, .bits = k->bits,
+               .zero_point = k->zero_point, .precision = precision, .path = path};
+    if (!prepare_rows(&wk)) return fail(ORT_FAIL, "specops.QMatMul: out of memory");
+    return ORT_CALL(g_api, KernelContext_ParallelFor, ParallelForFn)(ctx, run_tile, (size_t)(k->N / TILE), 0, &wk);
 }
 
 static void destroy_kernel(void *state) { free(state); }
 static const char *op_name(const OrtCustomOp *op) { (void)op; return "QMatMul"; }
 static const char *op_provider(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
-static int input_type(const OrtCustomOp *op, size_t i) { (void)op; return i == 1 ? TYPE_UINT8 : TYPE_FLOAT; }
-static size_t input_count(const OrtCustomOp *op) { (void)op; return 3; }
+static int input_type(const OrtCustomOp *op, size_t i) { (void)op; return i == 1 ? TYPE_UINT8 : i == 3 ? TYPE_INT64 : TYPE_FLOAT; }
+static size_t input_count(const OrtCustomOp *op) { (void)op; return 5; }
 static int output_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
 static size_t output_count(const OrtCustomOp *op) { (void)op; return 1; }
+static int input_characteristic(const OrtCustomOp *op, size_t i) { (void)op; return i == 4 ? IO_OPTIONAL : IO_REQUIRED; }
 static int required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return IO_REQUIRED; }
 static int default_memory(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return MEM_DEFAULT; }
 static int one(const OrtCustomOp *op) { (void)op; return 1; }
@@ -331,7 +851,7 @@ static OrtCustomOp g_op = {
     .GetOutputType = output_type,
     .GetOutputTypeCount = output_count,
     .KernelDestroy = destroy_kernel,
-    .GetInputCharacteristic = required,
+    .GetInputCharacteristic = input_characteristic,
     .GetOutputCharacteristic = required,
     .GetInputMemoryType = default_memory,
     .GetVariadicInputMinArity = one,
@@ -348,19 +868,12 @@ static OrtCustomOp g_op = {
     .ReleaseAliasMap = release_pairs,
 };
 
-/* 1 when this CPU runs the kernel (AVX-512 with VNNI); the loader checks before registering. */
-int specops_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vnni");
-}
-
 /* The entry point onnxruntime's register_custom_ops_library calls. */
 OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     g_api = base->GetApi(ORT_API_USED);
     if (!g_api) return NULL;  /* an onnxruntime older than 1.17: nothing registered, the graph load fails */
     if (!specops_supported())
-        return fail(ORT_FAIL, "specops.QMatMul needs AVX-512 VNNI, which this CPU lacks");
+        return fail(ORT_FAIL, "specops.QMatMul needs AVX-512 (F, BW), which this CPU lacks");
     OrtCustomOpDomain *domain;
     TRY(ORT_CALL(g_api, CreateCustomOpDomain, CreateDomainFn)("specops", &domain));
     TRY(ORT_CALL(g_api, CustomOpDomain_Add, DomainAddFn)(domain, &g_op));

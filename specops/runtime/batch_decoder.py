@@ -14,6 +14,7 @@ next pass overwrites, as `Decoder`'s padding does; `min_rows` plays the same par
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ import onnxruntime as ort
 
 from . import graph as rewrite
 from .decoder import SessionConfig, make_session, one_token_pass_differs
-from .graph import LOGITS_TO_KEEP, QUERY_SEQLENS
+from .graph import KERNEL_PRECISION, LOGITS_TO_KEEP, QUERY_SEQLENS
+from .kernel_paths import input_code, most_faithful_within, precision_report, served_paths
 from .kernels import KernelUnavailable, default_cache_dir, library, resolve
 from .model_folder import ModelFolderError, ModelSpec
 
@@ -35,6 +37,8 @@ class BatchDecoder:
             raise ValueError("max_batch must be >= 1")
         self.spec, self.max_batch = spec, max_batch
         self.kernel, self.kernel_note = "stock", None  # which matmul kernel the passes run, and why
+        self.precision: str | None = None  # the tiled kernel's activations (None on stock kernels)
+        self.precision_ms: dict[str, float] = {}  # one-token pass per precision, timed at load (auto)
         self.session = self._open(spec, cfg)
         self.capacity = min(capacity or spec.context_length, spec.context_length)
         self.min_rows = 1
@@ -48,6 +52,8 @@ class BatchDecoder:
         self._kv = [(np.full(shape, 0, dtype), np.full(shape, 0, dtype)) for _ in range(spec.num_layers)]
         self._views: dict[tuple[int, int], list[tuple[ort.OrtValue, ort.OrtValue]]] = {}
         self.lengths = np.zeros(max_batch, np.int64)  # cached tokens per slot
+        if self.kernel == "tiled":
+            self.use_precision(self._choose_precision(cfg.precision, precision_report(self._cache), cfg.consistent))
 
     def _open(self, spec: ModelSpec, cfg: SessionConfig) -> ort.InferenceSession:
         """The session on the rewritten graph: tiled matmuls when cfg.kernel asks for them and
@@ -58,7 +64,7 @@ class BatchDecoder:
             rewrite.for_batching(model, spec.logits)
         except ValueError as err:
             raise ModelFolderError(f"{spec.model_file}: {err}") from None
-        cache = Path(cfg.kernel_cache) if cfg.kernel_cache else default_cache_dir()
+        cache = self._cache = Path(cfg.kernel_cache) if cfg.kernel_cache else default_cache_dir()
         try:
             kernel, self.kernel_note = resolve(cfg.kernel, spec.folder, cache)
         except KernelUnavailable as err:  # only when "tiled" was asked for
@@ -70,6 +76,7 @@ class BatchDecoder:
                 if cfg.kernel == "tiled":
                     raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
                 self.kernel_note = str(err)
+        rewrite.split_minimums(model, spec.folder)  # Q4_1 float zero points: a form onnxruntime runs fast
         return make_session(spec, cfg, model.SerializeToString())
 
     def _tiled_session(self, spec: ModelSpec, cfg: SessionConfig, model, cache: Path) -> ort.InferenceSession:
@@ -83,7 +90,7 @@ class BatchDecoder:
             raise KernelUnavailable(f"cannot write the tiled weights into {cache}: {err}") from None
         if not self._tiles.arrays:
             raise KernelUnavailable("no MatMulNBits node the tiled kernel runs (4 or 8 bits, block 32, "
-                                    "accuracy level 4)")
+                                    "no zero points or float ones)")
         try:
             session = make_session(spec, cfg, tiled.SerializeToString(), self._tiles.arrays, str(library(cache)))
         except ModelFolderError as err:  # e.g. a library onnxruntime cannot register
@@ -91,6 +98,65 @@ class BatchDecoder:
         self._tiles.release()
         self.kernel = "tiled"
         return session
+
+    # -- precision of the tiled kernel --------------------------------------------------------
+    def use_precision(self, name: str) -> None:
+        """Run the following passes at `name` ("fp32", "int8x3", "bf16" or "int8" activations)."""
+        self.precision, self._precision_feed = name, np.array([input_code(name)], np.int64)
+
+    @property
+    def kernel_path(self) -> str | None:
+        """The code the precision runs on here ("int8-amx", "bf16-avx512", ...; None on stock)."""
+        return served_paths(self._cache).get(self.precision) if self.precision else None
+
+    def _choose_precision(self, setting: str, report: dict[str, str | None], consistent: str) -> str:
+        """The setting where the kernel serves it here; "auto": the most faithful precision whose
+        plain decoding step is within 10% of the fastest one's, timed here on this model
+        (single-stream speed). `report`: kernel_paths.precision_report; `consistent`: the
+        consistent_passes setting, which decides a step's width at each precision."""
+        available = tuple(p for p, why in report.items() if why is None)
+        if setting != "auto":
+            if setting not in available:
+                raise ModelFolderError(f"{self.spec.model_file}: kernel precision {setting} cannot run here: "
+                                       f"{report[setting]}")
+            return setting
+        self.precision_ms = self.time_precisions(available, consistent)
+        return most_faithful_within(self.precision_ms)
+
+    def time_precisions(self, names: tuple[str, ...], consistent: str = "auto", rounds: int = 7, passes: int = 3,
+                        context: int = 64, warmup: int = 2) -> dict[str, float]:
+        """Ms of a plain decoding step after `context` tokens, per precision: the fastest round's
+        median (a shared machine only ever adds time, so the quickest round is the closest to the
+        step's own cost), rounds interleaved, each precision's block after `warmup` untimed steps
+        (a step right after another precision's costs more). A step is one row, or two where consistent passes are
+        on, or auto and the precision's one-token pass differs from a multi-token one (int8
+        activations amplify attention's one-token rounding; fp32 ones do not). Slot 0; its cache
+        is emptied after."""
+        slot = SlotDecoder(self, 0)
+        width = {}
+        for name in names:
+            self.use_precision(name)
+            width[name] = 2 if consistent == "on" or (consistent == "auto" and one_token_pass_differs(slot)) else 1
+        context = min(context, self.capacity - 2)
+        ids = [int(t) for t in np.arange(context) % max(self.vocab_size - 1, 1) + 1]
+        self.prefill(0, ids)
+        times: dict[str, list[list[float]]] = {p: [] for p in names}
+        saved = self.min_rows
+        try:
+            for _ in range(rounds):
+                for name in names:
+                    self.use_precision(name)
+                    self.min_rows = width[name]
+                    times[name].append([])
+                    for i in range(warmup + passes):
+                        t0 = time.perf_counter()
+                        self.forward([[ids[-1]]], start=0, last_only=True)
+                        if i >= warmup:
+                            times[name][-1].append((time.perf_counter() - t0) * 1e3)
+                        self.rewind(0, context)
+        finally:
+            self.min_rows, self.lengths[0] = saved, 0
+        return {p: float(min(np.median(r) for r in t)) for p, t in times.items()}
 
     # -- cache ------------------------------------------------------------------------------
     def rewind(self, slot: int, length: int) -> None:
@@ -143,6 +209,8 @@ class BatchDecoder:
         # positions kept for the LM head: from the earliest last-real-token on (last_only), or all
         keep = seq - int(real.min()) + 1 if last_only else seq
         io.bind_cpu_input(LOGITS_TO_KEEP, np.array([keep], np.int64))
+        if self.precision is not None:
+            io.bind_cpu_input(KERNEL_PRECISION, self._precision_feed)
         for i, (k, v) in enumerate(self._range(start, start + n)):
             io.bind_ortvalue_input(self.spec.past_key % i, k)
             io.bind_ortvalue_input(self.spec.past_value % i, v)
@@ -183,6 +251,14 @@ class SlotDecoder:
     @property
     def kernel_note(self) -> str | None:
         return self.batch.kernel_note
+
+    @property
+    def precision(self) -> str | None:
+        return self.batch.precision
+
+    @property
+    def kernel_path(self) -> str | None:
+        return self.batch.kernel_path
 
     @property
     def min_rows(self) -> int:

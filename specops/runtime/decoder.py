@@ -32,6 +32,10 @@ class SessionConfig:
     # kernel where it builds and runs, else stock onnxruntime; "tiled" = that or an error
     kernel: str = "stock"
     kernel_cache: str | None = None  # the kernel library and tiled weights (None: kernels.default_cache_dir())
+    # the tiled kernel's activations: "fp32", "bf16", "int8", or "auto" = the most faithful whose
+    # one-token pass is within 10% of the fastest, timed at load (BatchDecoder.choose_precision)
+    precision: str = "auto"
+    consistent: str = "auto"  # Settings.consistent_passes: how wide a plain step runs (timing precisions)
 
 
 def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None,
@@ -41,6 +45,12 @@ def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None
     graph.py) whose external data is read from the model's folder; `initializers` are handed
     to the session as they are (arrays the caller keeps alive), `custom_ops` is a library of
     operators to register."""
+    if graph is None and spec.layout == "builder":
+        from . import graph as rewrite
+
+        model = rewrite.load(spec.model_file)
+        if rewrite.split_minimums(model, spec.folder):  # Q4_1 float zero points: a form onnxruntime runs fast
+            graph = model.SerializeToString()
     so = ort.SessionOptions()
     if custom_ops:
         try:
@@ -66,10 +76,23 @@ def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None
         raise ModelFolderError(f"{spec.model_file}: onnxruntime cannot load it ({err})") from None
 
 
+def operator_session(graph: bytes, custom_ops: str, initializers: dict[str, np.ndarray],
+                     threads: int = 2) -> ort.InferenceSession:
+    """A session on a graph of custom operators (graph.qmatmul_model), its weights handed over as
+    arrays: the kernel's self-check and tests run one operator this way."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.register_custom_ops_library(custom_ops)
+    so.add_external_initializers(list(initializers), [ort.OrtValue.ortvalue_from_numpy(a)
+                                                      for a in initializers.values()])
+    return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+
+
 class Decoder:
     """A causal LM with its KV cache. `length` tokens are cached; `append` adds more."""
 
     kernel, kernel_note = "stock", None  # onnxruntime's own kernels (the tiled kernel: batch_decoder.py)
+    precision = kernel_path = None  # the tiled kernel's activations and path: not on onnxruntime's kernels
 
     def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), capacity: int | None = None,
                  compact_after: int = 64, session: ort.InferenceSession | None = None):

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "qmatmul.c"
-FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mfma", "-fPIC", "-shared"]
+# The library's base ISA; the bf16 and int8 paths carry their own (function attributes, inline
+# assembly) and run only where specops_precisions() says the CPU has them.
+FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fPIC", "-shared"]
 TILE, BLOCK = 16, 32
 
 
@@ -60,7 +62,7 @@ def library(directory: Path | None = None) -> Path:
     except OSError as err:
         raise KernelUnavailable(f"cannot load {target}: {err}") from None
     if not supported:
-        raise KernelUnavailable("this CPU lacks AVX-512 VNNI, which the tiled kernel needs")
+        raise KernelUnavailable("this CPU lacks AVX-512 (F, BW), which the tiled kernel needs")
     return target
 
 
@@ -110,9 +112,26 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
     return np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:2], BLOCK)
 
 
-def tile_weights(packed: np.ndarray, scales: np.ndarray, n: int, k: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """MatMulNBits' weight codes [N, K/32, 32*bits/8] and scales [N * K/32] in the kernel's
-    layout: codes [N/16, K/32, 64*bits], scales [N/16, K/32, 16] (see qmatmul.c)."""
+def block_minimums(scales: np.ndarray, zero_points: np.ndarray) -> np.ndarray:
+    """MatMulNBits' float zero points as each block's minimum m = -zp * d (weight = d * code + m).
+
+    A Q4_1 block ships d and m in fp16, and `specops prepare` writes zp = -m / d in fp32; -zp * d
+    then lands within an fp32 ulp of m, and rounding it to fp16 gives m back exactly wherever it
+    came from fp16 (checked: the rounded m reproduces zp). Elsewhere the fp32 product stays."""
+    d = np.asarray(scales, np.float32)
+    zp = np.asarray(zero_points, np.float32).reshape(d.shape)
+    m = (-zp * d).astype(np.float32)
+    m16 = m.astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        same = np.where(d != 0, (-m16 / d).astype(np.float32) == zp, m16 == m)
+    return np.where(same, m16, m).astype(np.float32)
+
+
+def tile_weights(packed: np.ndarray, scales: np.ndarray, n: int, k: int, bits: int,
+                 zero_points: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """MatMulNBits' weight codes [N, K/32, 32*bits/8], scales [N * K/32] and optional float zero
+    points [N * K/32] in the kernel's layout: codes [N/16, K/32, 64*bits], scales [N/16, K/32, 16],
+    and with zero points the block minimums [N/16, K/32, 16] (see qmatmul.c)."""
     kb, tiles = k // BLOCK, n // TILE
     q = unpack_codes(np.asarray(packed, np.uint8).reshape(n, kb, BLOCK * bits // 8), bits)
     q = q.reshape(tiles, TILE, kb, BLOCK).transpose(0, 2, 1, 3)  # [tile, block, column, k]
@@ -121,9 +140,69 @@ def tile_weights(packed: np.ndarray, scales: np.ndarray, n: int, k: int, bits: i
     else:  # chunk c, column j, byte i: k = 8c+i (low nibble), 8c+4+i (high nibble)
         g = q.reshape(tiles, kb, TILE, 4, 2, 4)  # column, chunk, half, i
         tiled = (g[:, :, :, :, 0, :] | (g[:, :, :, :, 1, :] << 4)).transpose(0, 1, 3, 2, 4)
-    s = np.asarray(scales, np.float32).reshape(tiles, TILE, kb).transpose(0, 2, 1)
-    return (np.ascontiguousarray(tiled).reshape(tiles, kb, 64 * bits),
-            np.ascontiguousarray(s))
+
+    def per_tile(values: np.ndarray) -> np.ndarray:  # [N * K/32] -> [N/16, K/32, 16]
+        return np.ascontiguousarray(np.asarray(values, np.float32).reshape(tiles, TILE, kb).transpose(0, 2, 1))
+
+    out = (np.ascontiguousarray(tiled).reshape(tiles, kb, 64 * bits), per_tile(scales))
+    if zero_points is None:
+        return out
+    return out + (per_tile(block_minimums(np.asarray(scales).reshape(-1), np.asarray(zero_points).reshape(-1))),)
+
+
+def reference_matmul(a: np.ndarray, packed: np.ndarray, scales: np.ndarray, n: int, k: int, bits: int,
+                     zero_points: np.ndarray | None, precision: str) -> np.ndarray:
+    """What the kernel computes, in numpy (float64 sums): a [M, K] @ the de-quantized weights.T.
+
+    fp32: weights d * code + m (m from the zero points; without them code - 8 / 128 and m = 0);
+    bf16: the activations rounded to bf16 first; int8: MLAS level 4's block quantization of the
+    activations (scale max|a| / 127, nearest even), the minimum applied to the quantized block."""
+    kb = k // BLOCK
+    codes = unpack_codes(np.asarray(packed, np.uint8).reshape(n, kb, BLOCK * bits // 8), bits).astype(np.float64)
+    d = np.asarray(scales, np.float32).reshape(n, kb, 1).astype(np.float64)
+    if zero_points is None:  # symmetric: signed codes, no minimum
+        codes, m = codes - (8 if bits == 4 else 128), np.zeros_like(d)
+    else:
+        m = block_minimums(np.asarray(scales).reshape(-1), np.asarray(zero_points).reshape(-1))
+        m = m.reshape(n, kb, 1).astype(np.float64)
+    x = np.asarray(a, np.float32)
+    if precision == "int8x3":  # three int8 levels: 6e-8 of each block's largest value off fp32
+        x = int8x3_round(x)
+        return x.astype(np.float64) @ (d * codes + m).reshape(n, k).T
+    if precision == "fp32":
+        return x.astype(np.float64) @ (d * codes + m).astype(np.float32).astype(np.float64).reshape(n, k).T
+    if precision == "bf16":  # the minimum meets the fp32 activations' block sum
+        xc, xm = bf16_round(x), x
+    else:
+        blocks = x.reshape(len(x), kb, BLOCK)
+        amax = np.abs(blocks).max(axis=2, keepdims=True)
+        with np.errstate(divide="ignore"):
+            inv = np.where(amax > 0, np.float32(127) / amax, 0).astype(np.float32)
+        xc = xm = (np.rint(blocks * inv) * (amax / np.float32(127))).reshape(len(x), k)
+    blocksum = xm.astype(np.float64).reshape(len(x), kb, BLOCK).sum(axis=2)  # [M, K/32]
+    return xc.astype(np.float64) @ (d * codes).reshape(n, k).T + blocksum @ m.reshape(n, kb).T
+
+
+def int8x3_round(x: np.ndarray) -> np.ndarray:
+    """What int8x3 makes of activations [M, K]: per block of 32, s1 q1 + s2 q2 + s3 q3 with
+    s1 = max|x| / 127, s2 = s1 / 254, s3 = s2 / 254, each level rounding what the last one left."""
+    blocks = np.asarray(x, np.float32).reshape(len(x), -1, BLOCK)
+    left, out = blocks.copy(), np.zeros(blocks.shape, np.float64)
+    scale = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
+    for _ in range(3):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.clip(np.rint(np.where(scale > 0, left / scale, 0)), -127, 127).astype(np.float32)
+        out += q.astype(np.float64) * scale
+        left = (left - q * scale).astype(np.float32)
+        scale = (scale / np.float32(254)).astype(np.float32)
+    return out.reshape(np.shape(x))
+
+
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """fp32 -> the nearest bf16 (ties to even), as fp32."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
 
 
 if __name__ == "__main__":  # python -m specops.runtime.kernels DIR: build the library into DIR

@@ -138,7 +138,10 @@ class ModelSync:
         log.info("warm-up: %d tokens in %.2f s", len(result.token_ids), time.monotonic() - t0)
 
     def _describe(self, paths: ModelPaths, engine: Engine) -> dict:
-        kernel = {"target": engine.target.kernel, "note": engine.target.kernel_note}
+        target = engine.target
+        kernel = {"target": target.kernel, "note": target.kernel_note, "precision": target.precision,
+                  "path": target.kernel_path,
+                  "precision_ms": dict(getattr(getattr(target, "batch", target), "precision_ms", {}))}
         return {"target": str(paths.target), "draft": str(paths.draft) if paths.draft else None, "kernel": kernel,
                 "context_cap": engine.capacity, "chat_template": engine.tokenizer.has_chat_template,
                 "default_speculator": self.settings.speculator}
