@@ -163,6 +163,16 @@ def test_the_precision_is_timed_at_load_or_named():
     assert stock.precision is None
 
 
+@needs_kernel
+def test_auto_is_decided_once_per_process_for_a_model():
+    """Two decoders of one model compute alike (a batch's rows equal a sequence's alone): the
+    timing is not repeated, so noise cannot give them different precisions."""
+    spec = read_model_folder(TARGET)
+    a = BatchDecoder(spec, SessionConfig(kernel="tiled"), 1, 64)
+    b = BatchDecoder(spec, SessionConfig(kernel="tiled"), 3, 96)
+    assert a.precision == b.precision and a.precision_ms == b.precision_ms != {}
+
+
 def test_a_precision_the_cpu_lacks_is_refused_naming_why(monkeypatch):
     if not _cpu_runs_it():
         pytest.skip("the tiled kernel does not run here")

@@ -28,6 +28,11 @@ from .kernels import KernelUnavailable, default_cache_dir, library, resolve
 from .model_folder import ModelFolderError, ModelSpec
 
 
+# (model file, threads, consistent setting, precisions) -> ms of a plain step per precision: "auto"
+# is decided once per process (BatchDecoder._choose_precision)
+_TIMED: dict[tuple, dict[str, float]] = {}
+
+
 class BatchDecoder:
     def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), max_batch: int = 4,
                  capacity: int | None = None):
@@ -38,7 +43,7 @@ class BatchDecoder:
         self.spec, self.max_batch = spec, max_batch
         self.kernel, self.kernel_note = "stock", None  # which matmul kernel the passes run, and why
         self.precision: str | None = None  # the tiled kernel's activations (None on stock kernels)
-        self.precision_ms: dict[str, float] = {}  # one-token pass per precision, timed at load (auto)
+        self.precision_ms: dict[str, float] = {}  # a plain step per precision, timed at load (auto)
         self.session = self._open(spec, cfg)
         self.capacity = min(capacity or spec.context_length, spec.context_length)
         self.min_rows = 1
@@ -53,7 +58,7 @@ class BatchDecoder:
         self._views: dict[tuple[int, int], list[tuple[ort.OrtValue, ort.OrtValue]]] = {}
         self.lengths = np.zeros(max_batch, np.int64)  # cached tokens per slot
         if self.kernel == "tiled":
-            self.use_precision(self._choose_precision(cfg.precision, precision_report(self._cache), cfg.consistent))
+            self.use_precision(self._choose_precision(cfg, precision_report(self._cache)))
 
     def _open(self, spec: ModelSpec, cfg: SessionConfig) -> ort.InferenceSession:
         """The session on the rewritten graph: tiled matmuls when cfg.kernel asks for them and
@@ -109,28 +114,33 @@ class BatchDecoder:
         """The code the precision runs on here ("int8-amx", "bf16-avx512", ...; None on stock)."""
         return served_paths(self._cache).get(self.precision) if self.precision else None
 
-    def _choose_precision(self, setting: str, report: dict[str, str | None], consistent: str) -> str:
-        """The setting where the kernel serves it here; "auto": the most faithful precision whose
-        plain decoding step is within 10% of the fastest one's, timed here on this model
-        (single-stream speed). `report`: kernel_paths.precision_report; `consistent`: the
-        consistent_passes setting, which decides a step's width at each precision."""
+    def _choose_precision(self, cfg: SessionConfig, report: dict[str, str | None]) -> str:
+        """cfg.precision where the kernel serves it here; "auto": the most faithful precision
+        whose plain decoding step is within 10% of the fastest one's, timed here on this model
+        (single-stream speed), once per process for a model file, thread count and consistent
+        setting (cfg.consistent decides a step's width): every decoder of the model then computes
+        alike, and a batch's rows equal a sequence's alone. `report`: kernel_paths.precision_report."""
         available = tuple(p for p, why in report.items() if why is None)
-        if setting != "auto":
-            if setting not in available:
-                raise ModelFolderError(f"{self.spec.model_file}: kernel precision {setting} cannot run here: "
-                                       f"{report[setting]}")
-            return setting
-        self.precision_ms = self.time_precisions(available, consistent)
+        if cfg.precision != "auto":
+            if cfg.precision not in available:
+                raise ModelFolderError(f"{self.spec.model_file}: kernel precision {cfg.precision} cannot run here: "
+                                       f"{report[cfg.precision]}")
+            return cfg.precision
+        key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, available)
+        if key not in _TIMED:
+            _TIMED[key] = self.time_precisions(available, cfg.consistent)
+        self.precision_ms = dict(_TIMED[key])
         return most_faithful_within(self.precision_ms)
 
     def time_precisions(self, names: tuple[str, ...], consistent: str = "auto", rounds: int = 7, passes: int = 3,
                         context: int = 64, warmup: int = 2) -> dict[str, float]:
         """Ms of a plain decoding step after `context` tokens, per precision: the fastest round's
         median (a shared machine only ever adds time, so the quickest round is the closest to the
-        step's own cost), rounds interleaved, each precision's block after `warmup` untimed steps
-        (a step right after another precision's costs more). A step is one row, or two where consistent passes are
-        on, or auto and the precision's one-token pass differs from a multi-token one (int8
-        activations amplify attention's one-token rounding; fp32 ones do not). Slot 0; its cache
+        step's own cost; medians over whole runs flipped the choice between fp32 and int8 from
+        one load to the next here), rounds interleaved, each precision's block after `warmup`
+        untimed steps. A step is one row, or two where consistent passes are on, or auto and the
+        precision's one-token pass differs from a multi-token one (bf16 and int8 activations
+        amplify attention's one-token rounding; fp32 and int8x3 ones do not). Slot 0; its cache
         is emptied after."""
         slot = SlotDecoder(self, 0)
         width = {}
