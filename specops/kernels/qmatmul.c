@@ -28,7 +28,8 @@
  *     its low nibble and k = 8c+4+i in its high nibble.
  *   scales, mins [N/16, K/32, 16] float (mins optional: absent = 0).
  * Inputs: A [..., K] float, weights, scales, precision (int64 [1]: 0 fp32, 1 bf16, 2 int8 on the best
- * path here, or a path by name: 3 bf16 AVX-512, 4 int8 VNNI, 5 int8 AMX, 6 bf16 AMX; a graph input,
+ * path here, 7 int8x3, or a path by name: 3 bf16 AVX-512, 4 int8 VNNI, 5 int8 AMX, 6 bf16 AMX, 8 int8x3
+ * AMX, 9 int8x3 VNNI; a graph input,
  * so one session runs every precision and the service can time them), mins (optional).
  * Attributes: K, N, bits, zero_point (the codes' offset without mins), has_min.
  *
@@ -130,8 +131,8 @@ static OrtStatus *fail(int code, const char *msg) { return ORT_CALL(g_api, Creat
 /* ---- the kernel ------------------------------------------------------------------------------ */
 enum { TILE = 16, BLOCK = 32 };
 enum { FP32 = 0, BF16 = 1, INT8 = 2 };  /* precisions: the op's precision input, best path for each */
-enum { BF16_AVX512 = 3, INT8_VNNI = 4, INT8_AMX = 5, BF16_AMX = 6, PATHS = 8 };  /* or a path, named */
-enum { INT8X3 = 7 };  /* a precision with one path (VNNI): three int8 levels per activation */
+enum { BF16_AVX512 = 3, INT8_VNNI = 4, INT8_AMX = 5, BF16_AMX = 6 };  /* or a path, named */
+enum { INT8X3 = 7, INT8X3_AMX = 8, INT8X3_VNNI = 9, PATHS = 10 };  /* three int8 levels: precision, paths */
 enum { ROWS_INT8 = 12, ROWS_FP32 = 4, ROWS_BF16 = 4, ROWS_X3 = 5 };  /* rows a group keeps in registers */
 #define INLINE static inline __attribute__((always_inline))
 
@@ -500,6 +501,70 @@ static AMX_FN void amx_bf16_rows(const Work *wk, int64_t t, int64_t m0, int R) {
     for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
 }
 
+/* INT8X3 on AMX: the three levels' codes against one B tile into three C tiles (tmm0, tmm3, tmm4),
+ * then x3_rows' epilogue: bit for bit the VNNI path's numbers. */
+static AMX_FN void amx_x3_rows(const Work *wk, int64_t t, int64_t m0, int R) {
+    const int64_t K = wk->K, KB = K / BLOCK, MK = wk->M * K;
+    const int BITS = (int)wk->bits;
+    const uint8_t *wt = wk->w + t * KB * 64 * BITS;
+    const float *st = wk->wscale + t * KB * TILE;
+    const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
+    __attribute__((aligned(64))) uint8_t steps[8 * 64];
+    __attribute__((aligned(64))) int32_t c[3][ROWS_AMX * TILE];
+    __m512 acc[ROWS_AMX];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    TileConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 5; i++) cfg.rows[i] = (uint8_t)R, cfg.colsb[i] = 64;
+    cfg.colsb[1] = BLOCK;  /* A: one level's codes of the block */
+    cfg.rows[2] = 8;       /* B */
+    _tile_loadconfig(&cfg);
+    for (int64_t kb = 0; kb < KB; kb++) {
+        const uint8_t *b = wt + kb * 512;
+        if (BITS == 4) {
+            const uint8_t *p = wt + kb * 256;
+            for (int ch = 0; ch < 4; ch++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * ch));
+                _mm512_store_si512((void *)(steps + 128 * ch), _mm512_and_si512(v, low));
+                _mm512_store_si512((void *)(steps + 128 * ch + 64), _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+            }
+            b = steps;
+        }
+        _tile_loadd(2, b, 64);
+        _tile_zero(0);
+        _tile_loadd(1, wk->aq + m0 * K + kb * BLOCK, K);
+        _tile_dpbsud(0, 1, 2);
+        _tile_stored(0, c[0], 64);
+        _tile_zero(3);
+        _tile_loadd(1, wk->aq + MK + m0 * K + kb * BLOCK, K);
+        _tile_dpbsud(3, 1, 2);
+        _tile_stored(3, c[1], 64);
+        _tile_zero(4);
+        _tile_loadd(1, wk->aq + 2 * MK + m0 * K + kb * BLOCK, K);
+        _tile_dpbsud(4, 1, 2);
+        _tile_stored(4, c[2], 64);
+        const __m512 d = _mm512_loadu_ps(st + kb * TILE);
+        for (int r = 0; r < R; r++) {
+            const int64_t row = m0 + r, at = (row * KB + kb) * 3;
+            __m512i dot[3];
+            for (int l = 0; l < 3; l++)
+                dot[l] = _mm512_add_epi32(_mm512_set1_epi32(wk->azero[at + l]),
+                                          _mm512_load_si512((const void *)(c[l] + r * TILE)));
+            const float *sc = wk->ascale + at;
+            __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot[0]), _mm512_set1_ps(sc[0]));
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[1]), _mm512_set1_ps(sc[1]), v);
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[2]), _mm512_set1_ps(sc[2]), v);
+            acc[r] = _mm512_fmadd_ps(v, d, acc[r]);
+            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE),
+                                             _mm512_set1_ps(wk->asum[row * KB + kb]), acc[r]);
+        }
+    }
+    _tile_release();
+    for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
+}
+
 /* Linux hands a process the AMX tile state only when asked (arch_prctl ARCH_REQ_XCOMP_PERM for
  * XFEATURE_XTILEDATA); 1 once granted. */
 static int amx_permitted(void) {
@@ -553,13 +618,19 @@ static AMX_FN void amx_int8_group(const Work *wk, int64_t t, int64_t m0, int R) 
     else amx_int8_rows(wk, t, m0, R);
 }
 
+static AMX_FN void amx_x3_group(const Work *wk, int64_t t, int64_t m0, int R) {
+    if (R < AMX_INT8_FROM) x3_group(wk, t, m0, R);
+    else amx_x3_rows(wk, t, m0, R);
+}
+
 static void run_tile(void *arg, size_t t) {
     const Work *wk = (const Work *)arg;
     switch (wk->path) {
     case FP32: groups(wk, ROWS_FP32, fp32_group, (int64_t)t); break;
     case BF16_AVX512: groups(wk, ROWS_BF16, bf16_group, (int64_t)t); break;
     case INT8_AMX: groups(wk, ROWS_AMX, amx_int8_group, (int64_t)t); break;
-    case INT8X3: groups(wk, ROWS_X3, x3_group, (int64_t)t); break;
+    case INT8X3_VNNI: groups(wk, ROWS_X3, x3_group, (int64_t)t); break;
+    case INT8X3_AMX: groups(wk, ROWS_AMX, amx_x3_group, (int64_t)t); break;
     case BF16_AMX: groups(wk, ROWS_AMX, amx_bf16_rows, (int64_t)t); break;
     default: groups(wk, ROWS_INT8, int8_group, (int64_t)t); break;
     }
@@ -719,8 +790,8 @@ int specops_paths(void) {
     const int tiles = __builtin_cpu_supports("amx-tile") && amx_permitted();
     int mask = 1 << FP32;
     if (bf16) mask |= 1 << BF16_AVX512;
-    if (vnni) mask |= 1 << INT8_VNNI | 1 << INT8X3;
-    if (tiles && vnni && __builtin_cpu_supports("amx-int8")) mask |= 1 << INT8_AMX;
+    if (vnni) mask |= 1 << INT8_VNNI | 1 << INT8X3_VNNI;
+    if (tiles && vnni && __builtin_cpu_supports("amx-int8")) mask |= 1 << INT8_AMX | 1 << INT8X3_AMX;
     if (tiles && bf16 && __builtin_cpu_supports("amx-bf16")) mask |= 1 << BF16_AMX;
     return mask & ~g_disabled;
 }
@@ -730,7 +801,8 @@ int specops_path_of(int precision) {
     const int paths = specops_paths();
     const int order[3][2] = {{FP32, FP32}, {BF16_AMX, BF16_AVX512}, {INT8_AMX, INT8_VNNI}};
     if (precision >= PATHS || precision < 0) return -1;
-    if (precision > INT8) return paths >> precision & 1 ? precision : -1;  /* a named path, or INT8X3 */
+    if (precision == INT8X3) return paths >> INT8X3_AMX & 1 ? INT8X3_AMX : paths >> INT8X3_VNNI & 1 ? INT8X3_VNNI : -1;
+    if (precision > INT8) return paths >> precision & 1 ? precision : -1;  /* a named path */
     for (int i = 0; i < 2; i++)
         if (paths >> order[precision][i] & 1) return order[precision][i];
     return -1;
@@ -815,9 +887,9 @@ static OrtStatus *compute(void *state, OrtKernelContext *ctx) {
     const int path = asked >= 0 && asked < PATHS ? specops_path_of((int)asked) : -1;
     if (path < 0)
         return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: precision must be 0 (fp32), 1 (bf16, needs AVX-512 "
-                                          "BF16), 2 (int8, needs AVX-512 VNNI), 7 (int8x3, VNNI) or a path 3-6, one this CPU runs");
+                                          "BF16), 2 (int8, needs AVX-512 VNNI), 7 (int8x3, VNNI) or a path 3-6, 8-9, one this CPU runs");
     const int precision = path == BF16_AVX512 || path == BF16_AMX ? BF16 : path == FP32 ? FP32
-                          : path == INT8X3 ? INT8X3 : INT8;
+                          : path == INT8X3_VNNI || path == INT8X3_AMX ? INT8X3 : INT8;
     if (M == 0) return NULL;
     Work wk = {.a = (const float *)data[0], .w = (const uint8_t *)data[1], .wscale = (const float *)data[2],
                .wmin = (const float *)data[4], .y = (float *)y, .M = M, .K = k->K, .N = k->N, .bits = k->bits,

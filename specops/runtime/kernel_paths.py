@@ -1,13 +1,13 @@
 """Which of the tiled kernel's paths serve here, each checked on this machine before it serves.
 
-A *precision* is what the activations become (fp32, bf16, int8); a *path* is the code that
-computes it (qmatmul.c): fp32 on AVX-512; bf16 on AMX-BF16 or AVX-512 BF16; int8 on AMX-INT8 or
-AVX-512 VNNI. The library picks AMX first where the CPU has it and Linux grants the tile state.
-Every path passes `self_check` (random tiles against `kernels.reference_matmul`, rows alike alone
-and in company; AMX-INT8 bit for bit against VNNI) before its precision is offered; an AMX path
-that fails is switched off in the library (its precision then runs on AVX-512) and the reason
-kept. AMX paths are checked in a child process, so a path that faults costs a fallback, not the
-service.
+A *precision* is what the activations become (fp32, int8x3, bf16, int8); a *path* is the code
+that computes it (qmatmul.c): fp32 on AVX-512; int8x3 and int8 on AMX-INT8 or AVX-512 VNNI; bf16
+on AMX-BF16 or AVX-512 BF16. The library picks AMX first where the CPU has it and Linux grants
+the tile state. Every path passes `self_check` (random tiles against `kernels.reference_matmul`,
+rows alike alone and in company; the AMX-INT8 paths bit for bit against VNNI) before its
+precision is offered; an AMX path that fails is switched off in the library (its precision then
+runs on AVX-512) and the reason kept. AMX paths are checked in a child process, so a path that
+faults costs a fallback, not the service.
 """
 from __future__ import annotations
 
@@ -28,11 +28,12 @@ PRECISIONS = tuple(PRECISION_CODES)
 # fp32: the activations as they are; int8x3: three int8 levels, 6e-8 of a block's largest value
 # off; bf16: 8 significant bits; int8: 7 bits per block (onnxruntime's accuracy level 4)
 FAITHFUL_FIRST = ("fp32", "int8x3", "bf16", "int8")
-PATHS = {"fp32": 0, "bf16-avx512": 3, "int8-vnni": 4, "int8-amx": 5, "bf16-amx": 6, "int8x3-vnni": 7}
+PATHS = {"fp32": 0, "bf16-avx512": 3, "int8-vnni": 4, "int8-amx": 5, "bf16-amx": 6, "int8x3-amx": 8,
+         "int8x3-vnni": 9}
 PATHS_OF = {"fp32": ("fp32",), "bf16": ("bf16-amx", "bf16-avx512"), "int8": ("int8-amx", "int8-vnni"),
-            "int8x3": ("int8x3-vnni",)}
+            "int8x3": ("int8x3-amx", "int8x3-vnni")}
 NEEDS = {"fp32": "AVX-512 F and BW", "bf16-avx512": "AVX-512 BF16", "int8-vnni": "AVX-512 VNNI",
-         "int8x3-vnni": "AVX-512 VNNI",
+         "int8x3-vnni": "AVX-512 VNNI", "int8x3-amx": "AMX-INT8 (and the tile state from Linux)",
          "int8-amx": "AMX-INT8 (and the tile state from Linux)", "bf16-amx": "AMX-BF16 (and the tile state from Linux)"}
 
 
@@ -75,7 +76,7 @@ def precision_of(path: str) -> str:
 
 def self_check(path: str, directory: Path | None = None) -> str | None:
     """None when `path` computes what `reference_matmul` does on random Q4_1 and symmetric tiles,
-    1 to 13 rows, each row alike alone and in company (and AMX-INT8 bit for bit what VNNI gives,
+    1 to 13 rows, each row alike alone and in company (and the AMX-INT8 paths bit for bit what VNNI gives,
     where both run); else what went wrong."""
     rng = np.random.default_rng(20)
     precision, here = precision_of(path), cpu_paths(directory)
@@ -92,8 +93,9 @@ def self_check(path: str, directory: Path | None = None) -> str | None:
         if not all(np.array_equal(run_matmul(session, a[i:i + j], path), got[i:i + j]) for i, j in
                    ((0, 1), (6, 1), (12, 1), (2, 7))):
             return f"{path}: a row computed alone differs from the same row among others"
-        if path == "int8-amx" and "int8-vnni" in here and not np.array_equal(got, run_matmul(session, a, "int8-vnni")):
-            return f"{path}: differs from int8-vnni, whose numbers it must give bit for bit"
+        twin = {"int8-amx": "int8-vnni", "int8x3-amx": "int8x3-vnni"}.get(path)
+        if twin in here and not np.array_equal(got, run_matmul(session, a, twin)):
+            return f"{path}: differs from {twin}, whose numbers it must give bit for bit"
     return None
 
 
