@@ -167,6 +167,23 @@ INLINE __m512 dot_bf16(__m512 acc, __m512i w, const uint32_t *a) {
     return acc;
 }
 
+/* The 8 steps of a tile's block (step s: 16 columns x k = 4s..4s+3, a byte each): 4-bit codes
+ * unpacked from their chunks (chunk c holds steps 2c in its low nibbles, 2c+1 in its high ones). */
+INLINE void codes_of_block(const uint8_t *wt, int64_t kb, const int BITS, __m512i w[8]) {
+    if (BITS == 4) {
+        const __m512i low = _mm512_set1_epi8(0x0F);
+        const uint8_t *p = wt + kb * 256;
+        for (int c = 0; c < 4; c++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * c));
+            w[2 * c] = _mm512_and_si512(v, low);
+            w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+        }
+    } else {
+        const uint8_t *p = wt + kb * 512;
+        for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512((const void *)(p + 64 * s));
+    }
+}
+
 /* ---- INT8: rows m0..m0+R-1 of output tile t. R and BITS are constants at every call site, so the
  * row loops unroll and the accumulators live in registers. */
 INLINE void int8_rows(const Work *wk, int64_t t, int64_t m0, const int R, const int BITS) {
@@ -176,20 +193,9 @@ INLINE void int8_rows(const Work *wk, int64_t t, int64_t m0, const int R, const 
     const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
     __m512 acc[ROWS_INT8];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t kb = 0; kb < KB; kb++) {
         __m512i w[8];
-        if (BITS == 4) {
-            const uint8_t *p = wt + kb * 256;
-            for (int c = 0; c < 4; c++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * c));
-                w[2 * c] = _mm512_and_si512(v, low);
-                w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            }
-        } else {
-            const uint8_t *p = wt + kb * 512;
-            for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512((const void *)(p + 64 * s));
-        }
+        codes_of_block(wt, kb, BITS, w);
         const __m512 sb = _mm512_loadu_ps(st + kb * TILE);
         for (int r = 0; r < R; r++) {
             const int64_t row = m0 + r;
@@ -225,20 +231,9 @@ INLINE void x3_rows(const Work *wk, int64_t t, int64_t m0, const int R, const in
     const float *mt = wk->wmin ? wk->wmin + t * KB * TILE : NULL;
     __m512 acc[ROWS_X3];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t kb = 0; kb < KB; kb++) {
         __m512i w[8];
-        if (BITS == 4) {
-            const uint8_t *p = wt + kb * 256;
-            for (int c = 0; c < 4; c++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * c));
-                w[2 * c] = _mm512_and_si512(v, low);
-                w[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            }
-        } else {
-            const uint8_t *p = wt + kb * 512;
-            for (int s = 0; s < 8; s++) w[s] = _mm512_loadu_si512((const void *)(p + 64 * s));
-        }
+        codes_of_block(wt, kb, BITS, w);
         const __m512 d = _mm512_loadu_ps(st + kb * TILE);
         for (int r = 0; r < R; r++) {
             const int64_t row = m0 + r, at = (row * KB + kb) * 3;
@@ -415,6 +410,15 @@ static AMX_FN void amx_configure(int rows, int a_bytes, int b_rows) {
     _tile_loadconfig(&cfg);
 }
 
+/* A block's B tile: the 8 steps of 64 bytes as stored (8 bits), or unpacked into `steps` (4). */
+static inline AMX_FN const uint8_t *amx_b_tile(const uint8_t *wt, int64_t kb, int BITS, uint8_t *steps) {
+    if (BITS == 8) return wt + kb * 512;
+    __m512i w[8];
+    codes_of_block(wt, kb, 4, w);
+    for (int s = 0; s < 8; s++) _mm512_store_si512((void *)(steps + 64 * s), w[s]);
+    return steps;
+}
+
 static AMX_FN void amx_int8_rows(const Work *wk, int64_t t, int64_t m0, int R) {
     const int64_t K = wk->K, KB = K / BLOCK;
     const int BITS = (int)wk->bits;
@@ -425,19 +429,9 @@ static AMX_FN void amx_int8_rows(const Work *wk, int64_t t, int64_t m0, int R) {
     __attribute__((aligned(64))) int32_t c[ROWS_AMX * TILE];
     __m512 acc[ROWS_AMX];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i low = _mm512_set1_epi8(0x0F);
     amx_configure(R, BLOCK, 8);
     for (int64_t kb = 0; kb < KB; kb++) {
-        const uint8_t *b = wt + kb * 512;
-        if (BITS == 4) {  /* the 8 steps of 64 bytes int8_rows unpacks into registers */
-            const uint8_t *p = wt + kb * 256;
-            for (int ch = 0; ch < 4; ch++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * ch));
-                _mm512_store_si512((void *)(steps + 128 * ch), _mm512_and_si512(v, low));
-                _mm512_store_si512((void *)(steps + 128 * ch + 64), _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
-            }
-            b = steps;
-        }
+        const uint8_t *b = amx_b_tile(wt, kb, BITS, steps);
         _tile_zero(0);
         _tile_loadd(1, wk->aq + m0 * K + kb * BLOCK, K);
         _tile_loadd(2, b, 64);
@@ -513,7 +507,6 @@ static AMX_FN void amx_x3_rows(const Work *wk, int64_t t, int64_t m0, int R) {
     __attribute__((aligned(64))) int32_t c[3][ROWS_AMX * TILE];
     __m512 acc[ROWS_AMX];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    const __m512i low = _mm512_set1_epi8(0x0F);
     TileConfig cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -522,16 +515,7 @@ static AMX_FN void amx_x3_rows(const Work *wk, int64_t t, int64_t m0, int R) {
     cfg.rows[2] = 8;       /* B */
     _tile_loadconfig(&cfg);
     for (int64_t kb = 0; kb < KB; kb++) {
-        const uint8_t *b = wt + kb * 512;
-        if (BITS == 4) {
-            const uint8_t *p = wt + kb * 256;
-            for (int ch = 0; ch < 4; ch++) {
-                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * ch));
-                _mm512_store_si512((void *)(steps + 128 * ch), _mm512_and_si512(v, low));
-                _mm512_store_si512((void *)(steps + 128 * ch + 64), _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
-            }
-            b = steps;
-        }
+        const uint8_t *b = amx_b_tile(wt, kb, BITS, steps);
         _tile_loadd(2, b, 64);
         _tile_zero(0);
         _tile_loadd(1, wk->aq + m0 * K + kb * BLOCK, K);
