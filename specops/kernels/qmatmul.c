@@ -223,7 +223,8 @@ INLINE void int8_rows(const Work *wk, int64_t t, int64_t m0, const int R, const 
  * s3 = s2/254: each level quantizes what the previous one left, so the remainder is at most
  * max|a| / (127 * 254 * 254 * 2), 6e-8 of the block's largest, about fp32's own rounding). Three
  * exact VNNI dots per block and row, combined in fp32 as ((q1.c) s1 + (q2.c) s2) + (q3.c) s3, times
- * d, plus m * the block's fp32 activation sum: fp32's answers at about twice int8's cost. */
+ * d, plus m * the block's fp32 activation sum: fp32's answers from integer dots (1.6x int8's time
+ * for a row alone, 2.4x for four rows: one 4096 x 2048 matmul, one thread, VNNI, this machine). */
 INLINE void x3_rows(const Work *wk, int64_t t, int64_t m0, const int R, const int BITS) {
     const int64_t K = wk->K, KB = K / BLOCK, MK = wk->M * K;
     const uint8_t *wt = wk->w + t * KB * 64 * BITS;
@@ -258,6 +259,14 @@ INLINE void x3_rows(const Work *wk, int64_t t, int64_t m0, const int R, const in
         }
     }
     for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
+}
+
+/* The end of a block for one row of the fp32 and bf16 paths: its four chains summed
+ * (c0+c1)+(c2+c3), times d, plus m * the block's activation sum where the weights have minimums. */
+INLINE __m512 block_end(__m512 acc, const __m512 ch[4], __m512 d, const float *m, float asum) {
+    const __m512 dot = _mm512_add_ps(_mm512_add_ps(ch[0], ch[1]), _mm512_add_ps(ch[2], ch[3]));
+    acc = _mm512_fmadd_ps(dot, d, acc);
+    return m ? _mm512_fmadd_ps(_mm512_loadu_ps(m), _mm512_set1_ps(asum), acc) : acc;
 }
 
 /* ---- FP32: per block and row, the activations dotted with the codes' values (exact in fp32) in
@@ -301,12 +310,8 @@ INLINE void fp32_rows(const Work *wk, int64_t t, int64_t m0, const int R, const 
             }
         }
         const __m512 d = _mm512_loadu_ps(st + kb * TILE);
-        for (int r = 0; r < R; r++) {
-            const __m512 dot = _mm512_add_ps(_mm512_add_ps(ch[r][0], ch[r][1]), _mm512_add_ps(ch[r][2], ch[r][3]));
-            acc[r] = _mm512_fmadd_ps(dot, d, acc[r]);
-            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE),
-                                             _mm512_set1_ps(wk->asum[(m0 + r) * KB + kb]), acc[r]);
-        }
+        for (int r = 0; r < R; r++)
+            acc[r] = block_end(acc[r], ch[r], d, mt ? mt + kb * TILE : NULL, mt ? wk->asum[(m0 + r) * KB + kb] : 0.0f);
     }
     for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
 }
@@ -372,12 +377,8 @@ INLINE BF16_FN void bf16_rows(const Work *wk, int64_t t, int64_t m0, const int R
             }
         }
         const __m512 d = _mm512_loadu_ps(st + kb * TILE);
-        for (int r = 0; r < R; r++) {
-            const __m512 dot = _mm512_add_ps(_mm512_add_ps(ch[r][0], ch[r][1]), _mm512_add_ps(ch[r][2], ch[r][3]));
-            acc[r] = _mm512_fmadd_ps(dot, d, acc[r]);
-            if (mt) acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(mt + kb * TILE),
-                                             _mm512_set1_ps(wk->asum[(m0 + r) * KB + kb]), acc[r]);
-        }
+        for (int r = 0; r < R; r++)
+            acc[r] = block_end(acc[r], ch[r], d, mt ? mt + kb * TILE : NULL, mt ? wk->asum[(m0 + r) * KB + kb] : 0.0f);
     }
     for (int r = 0; r < R; r++) _mm512_storeu_ps(wk->y + (m0 + r) * wk->N + t * TILE, acc[r]);
 }
