@@ -15,11 +15,15 @@ gives (checked by tests/test_batch.py).
 float ones, as `specops prepare` writes the GGUF's Q4_1 blocks; no bias or group index) becomes a
 specops.QMatMul on copies of its weights in the kernel's layout (runtime/kernels.py), whatever the
 node's accuracy level: the kernel computes at the precision the graph input `kernel_precision`
-names on each run (0 fp32, 1 bf16, 2 int8 activations). The copies are written once per model file into the kernel cache (one
+names on each run (0 fp32, 1 bf16, 2 int8, 7 int8x3 activations: kernel_paths.PRECISION_CODES).
+The copies are written once per model file into the kernel cache (one
 tensor at a time, from the mapped originals) and mapped from there; onnxruntime copies them into
 its own memory when the session is created (add_external_initializers: measured, the session
 grows by the tiles' size), after which `Tiles.release` drops the mapped pages from the process:
 resident once, as the stock kernels' prepacked copy is.
+
+`split_minimums`: where onnxruntime's own kernels run a GGUF-form folder, its float-zero-point
+matmuls become a form they run fast, with the same values (see there).
 """
 from __future__ import annotations
 
@@ -102,8 +106,10 @@ def split_minimums(model, folder: Path) -> bool:
     blocks, weight = d * code + m) becomes one without (codes times d, at accuracy level 0: fp32
     activations) plus the minimums' share, sum over each block of the activations times m, as an
     fp32 MatMul [..., K/32] @ [K/32, N]. onnxruntime computes float zero points by de-quantizing
-    every weight on every call (a SmolLM2 pass: 262 ms against 16 ms); this form runs its packed
-    kernels and gives the same values. True when the graph changed."""
+    every weight on every call (a SmolLM2 one-token pass: 262 ms); this form runs its packed
+    kernels (15 ms) and gives the same values to fp32 rounding (SmolLM2's logits within 8e-5 of
+    the tiled kernel's fp32 path). Its multi-token passes cost more (2 tokens: 20.6 ms against 11.3
+    for one, `specops profile`). True when the graph changed."""
     from onnx import helper, numpy_helper
 
     graph = model.graph

@@ -1,12 +1,13 @@
-"""specops' own onnxruntime kernel for the target's multi-token passes (`specops/kernels/qmatmul.c`).
+"""specops' own onnxruntime kernel for the target's passes (`specops/kernels/qmatmul.c`).
 
 `library()` returns the compiled kernel: one shipped beside the source (a container image builds
 it there: `python -m specops.runtime.kernels specops/kernels`), else one in the cache, else it
 compiles the C source there with the machine's C compiler (gcc, cc or clang; no onnxruntime
 headers needed). It raises `KernelUnavailable` saying why it cannot (no compiler, a CPU without
-AVX-512 VNNI, a failed build).
-`tile_weights` turns MatMulNBits' weight codes and scales into the kernel's tiled layout
-(graph.py rewrites the graph to use it). The engine never sees which kernel ran a pass.
+AVX-512, a failed build). Which precisions and paths serve: kernel_paths.py.
+`tile_weights` turns MatMulNBits' weight codes, scales and float zero points into the kernel's
+tiled layout (graph.py rewrites the graph to use it); `reference_matmul` is the numpy statement of
+what every path computes. The engine never sees which kernel ran a pass.
 """
 from __future__ import annotations
 
