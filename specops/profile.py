@@ -153,18 +153,15 @@ def cpu_flags() -> list[str]:
 def precision_curves(target, served: Curve, max_tokens: int, past: int, rounds: int) -> dict[str, list[float]]:
     """The engine path's curve at every precision the tiled kernel runs here (the served one is
     `served`); nothing on stock kernels."""
-    batch = getattr(target, "batch", target)
-    if getattr(batch, "precision", None) is None:
+    if target.precision is None:
         return {}
-    from .runtime.kernel_paths import precisions
-
-    chosen, curves = batch.precision, {}
+    chosen, curves = target.precision, {}
     try:
-        for name in precisions(getattr(batch, "_cache", None)):
-            batch.use_precision(name)
+        for name in target.available_precisions():
+            target.use_precision(name)
             curves[name] = served.ms if name == chosen else pass_curve(target, max_tokens, past, rounds).ms
     finally:
-        batch.use_precision(chosen)
+        target.use_precision(chosen)
     return curves
 
 

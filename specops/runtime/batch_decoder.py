@@ -23,7 +23,7 @@ import onnxruntime as ort
 from . import graph as rewrite
 from .decoder import SessionConfig, make_session, one_token_pass_differs
 from .graph import KERNEL_PRECISION, LOGITS_TO_KEEP, QUERY_SEQLENS
-from .kernel_paths import input_code, most_faithful_within, precision_report, served_paths
+from .kernel_paths import input_code, most_faithful_within, precision_report, precisions, served_paths
 from .kernels import KernelUnavailable, default_cache_dir, library, resolve
 from .model_folder import ModelFolderError, ModelSpec
 
@@ -113,6 +113,10 @@ class BatchDecoder:
     def kernel_path(self) -> str | None:
         """The code the precision runs on here ("int8-amx", "bf16-avx512", ...; None on stock)."""
         return served_paths(self._cache).get(self.precision) if self.precision else None
+
+    def available_precisions(self) -> tuple[str, ...]:
+        """The precisions the tiled kernel serves here, most faithful first (none on stock)."""
+        return precisions(self._cache) if self.precision else ()
 
     def _choose_precision(self, cfg: SessionConfig, report: dict[str, str | None]) -> str:
         """cfg.precision where the kernel serves it here; "auto": the most faithful precision
@@ -269,6 +273,16 @@ class SlotDecoder:
     @property
     def kernel_path(self) -> str | None:
         return self.batch.kernel_path
+
+    @property
+    def precision_ms(self) -> dict[str, float]:
+        return self.batch.precision_ms
+
+    def use_precision(self, name: str) -> None:
+        self.batch.use_precision(name)
+
+    def available_precisions(self) -> tuple[str, ...]:
+        return self.batch.available_precisions()
 
     @property
     def min_rows(self) -> int:

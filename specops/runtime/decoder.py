@@ -32,8 +32,8 @@ class SessionConfig:
     # kernel where it builds and runs, else stock onnxruntime; "tiled" = that or an error
     kernel: str = "stock"
     kernel_cache: str | None = None  # the kernel library and tiled weights (None: kernels.default_cache_dir())
-    # the tiled kernel's activations: "fp32", "bf16", "int8", or "auto" = the most faithful whose
-    # one-token pass is within 10% of the fastest, timed at load (BatchDecoder.choose_precision)
+    # the tiled kernel's activations: "fp32", "int8x3", "bf16", "int8", or "auto" = the most faithful
+    # whose plain decoding step is within 10% of the fastest, timed at load (BatchDecoder._choose_precision)
     precision: str = "auto"
     consistent: str = "auto"  # Settings.consistent_passes: how wide a plain step runs (timing precisions)
 
@@ -93,6 +93,10 @@ class Decoder:
 
     kernel, kernel_note = "stock", None  # onnxruntime's own kernels (the tiled kernel: batch_decoder.py)
     precision = kernel_path = None  # the tiled kernel's activations and path: not on onnxruntime's kernels
+
+    @property
+    def precision_ms(self) -> dict[str, float]:
+        return {}  # nothing timed: onnxruntime's kernels
 
     def __init__(self, spec: ModelSpec, cfg: SessionConfig = SessionConfig(), capacity: int | None = None,
                  compact_after: int = 64, session: ort.InferenceSession | None = None):

@@ -141,7 +141,7 @@ class ModelSync:
         target = engine.target
         kernel = {"target": target.kernel, "note": target.kernel_note, "precision": target.precision,
                   "path": target.kernel_path,
-                  "precision_ms": dict(getattr(getattr(target, "batch", target), "precision_ms", {}))}
+                  "precision_ms": dict(target.precision_ms)}
         return {"target": str(paths.target), "draft": str(paths.draft) if paths.draft else None, "kernel": kernel,
                 "context_cap": engine.capacity, "chat_template": engine.tokenizer.has_chat_template,
                 "default_speculator": self.settings.speculator}
