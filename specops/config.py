@@ -40,7 +40,11 @@ class Settings(BaseSettings):
                            "batching: every round verifies all of them in one target pass); 1 = one request at "
                            "a time; the memory plan may lower it")
     context_length: int = Field(0, ge=0, description="context cap in tokens; 0 = the model's own")
-    prefill_chunk: int = Field(512, ge=16, le=8192, description="prompt tokens per prefill pass")
+    prefill_chunk: int = Field(512, ge=16, le=8192, description="prompt tokens per pass while nothing else "
+                               "decodes (a prompt alone reads at full speed)")
+    prefill_stall: float = Field(2.5, ge=1.0, le=100.0, description="beside running streams, a joining prompt "
+                                 "reads as many tokens a pass as keep the pass within this many plain decoding "
+                                 "passes (ragged passes: specops' attention operator)")
     kernel: Literal["auto", "tiled", "stock"] = Field(
         "auto", description="the target's int4/int8 matmul kernel: tiled = specops' own (specops/kernels/qmatmul.c, "
         "built on first use with the machine's C compiler; needs AVX-512), whose pass over k tokens costs "
@@ -49,15 +53,17 @@ class Settings(BaseSettings):
     kernel_precision: Literal["auto", "fp32", "int8x3", "bf16", "int8"] = Field(
         "auto", description="the tiled kernel's activations, most faithful first: fp32 (the model's own numerics), "
         "int8x3 (three int8 levels, about fp32's precision; needs AVX-512 VNNI), bf16 (needs AVX-512 BF16), int8 "
-        "(onnxruntime's accuracy level 4, needs AVX-512 VNNI); auto = the most faithful whose plain decoding step "
-        "is within 10% of the fastest, timed at load (/health says which)")
+        "(onnxruntime's accuracy level 4, needs AVX-512 VNNI); auto = fp32 or int8x3, the ones that give the model's own "
+        "answers: the more faithful unless the other's plain decoding step is over 10% faster, timed at load "
+        "(/health says which); bf16 and int8 only when named")
     kernel_cache_dir: str = Field("", description="where the tiled kernel's library and the tiled copies of the "
                                   "weights are kept (a model's tiles: about its weights' size); empty = "
                                   "<model_cache_dir>/kernels")
     consistent_passes: Literal["auto", "on", "off"] = Field(
         "auto", description="run one-token target passes as two-row passes, so that plain steps and verify "
         "passes compute alike and speculative greedy output equals target-only output bit for bit; auto: "
-        "where the model's one-token pass differs (SmolLM2 int8: plain steps cost 7-14% more)")
+        "where the model's one-token pass differs (SmolLM2 int8: plain steps cost 7-14% more); moot on ragged passes "
+        "(specops' attention operator computes a row alike in any pass)")
 
     # -- speculation ------------------------------------------------------------------------
     speculator: Literal["none", "ngram", "draft", "hybrid", "auto"] = Field(

@@ -81,7 +81,10 @@ def target_config(settings: Settings) -> SessionConfig:
 
 
 def _consistent(settings: Settings, target) -> bool:
-    """Run one-token passes two rows wide? (see Decoder.one_row_kernel_differs)"""
+    """Run one-token passes two rows wide? (see Decoder.one_row_kernel_differs). Never on ragged
+    passes: a one-row pass computes its row as any wider pass does."""
+    if target.ragged:
+        return False
     return settings.consistent_passes == "on" or (settings.consistent_passes == "auto"
                                                   and target.one_row_kernel_differs())
 
@@ -142,8 +145,10 @@ def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calib
             return DraftModelSpeculator(decoder, bridge)
     cost = (measure_costs(SlotDecoder(batch, 0), first, MAX_K) if calibrate
             else CostModel(verify_s=[1.0], draft_s=0.0 if first is not None else None))
-    return BatchEngine(batch, tokenizer, cost, make_draft, (settings.ngram_min, settings.ngram_max),
-                       settings.prefill_chunk)
+    engine = BatchEngine(batch, tokenizer, cost, make_draft, (settings.ngram_min, settings.ngram_max),
+                         settings.prefill_chunk)
+    engine.budget.stall = settings.prefill_stall
+    return engine
 
 
 def timed_pass(decoder: Decoder, ids) -> float:

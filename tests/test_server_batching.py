@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -72,3 +73,45 @@ def test_a_client_leaving_mid_stream_frees_its_slot(servers):
     cancelled = metric(batched.base_url, "specops_generations_total")
     assert sum(v for (name, labels), v in cancelled.items()
                if name == "specops_generations_total" and ("finish_reason", "cancelled") in labels) >= 1
+
+
+def test_a_long_prompt_joining_does_not_stop_a_running_stream(servers):
+    """The prompt is read in chunks that ride the stream's own passes (ragged passes): the stream's
+    largest gap between two events stays within a generous multiple of its median, where reading
+    the prompt alone first stopped it for the whole prompt (seconds here)."""
+    import json
+    import threading
+    import time
+
+    batched, _ = servers
+    if "ragged" not in batched.health().json()["models"]["kernel"]["attention"]:
+        pytest.skip("onnxruntime's attention serves here (padded passes, prompts read alone)")
+    long_prompt = " ".join(f"item{i}" for i in range(700))  # 1737 tokens of the 2048-token context
+    stamps, started = [], threading.Event()
+
+    def stream():
+        body = {"prompt": "def read_config(path):\n", "max_new_tokens": 250, "stream": True, "ignore_eos": True,
+                "speculator": "none"}
+        tokens = 0
+        with httpx.Client(timeout=300) as client, client.stream("POST", batched.base_url + "/generate", json=body) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line.startswith("data:") and '"token"' in line:
+                    stamps.append(time.perf_counter())
+                    tokens += json.loads(line[5:])["token_count"]  # events carry what a client has not read yet
+                    if tokens >= 20:
+                        started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(120)
+    t0 = time.perf_counter()
+    long = generate(batched.base_url, long_prompt, 4, speculator="none")
+    t1 = time.perf_counter()
+    reader.join(300)
+    assert long["generated_text"] is not None
+    at, gaps = np.array(stamps[4:]), np.diff(stamps[3:])
+    assert ((at > t0) & (at < t1)).sum() >= 3, "the stream made no progress while the prompt was read"
+    assert gaps.max() <= max(25 * np.median(gaps), 0.25), (gaps.max(), np.median(gaps), t1 - t0)
+    chunks = metric(batched.base_url, "specops_pass_prompt_tokens")
+    assert chunks[("specops_pass_prompt_tokens_count", ())] > 1

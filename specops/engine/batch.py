@@ -1,14 +1,20 @@
 """Continuous batching: active sequences share every target pass.
 
 Each round every active sequence proposes from its own speculator state (n-gram lookup, or
-its own draft cache), the target verifies all proposals in ONE pass over the batch (rows padded
-to the widest; `BatchDecoder`), and each sequence accepts, commits and rewinds its own slot.
-A sequence joins at a round boundary (its prompt runs alone first) and leaves when it
-finishes or is cancelled; nobody waits for the longest request.
+its own draft cache), the target verifies all proposals in ONE pass over the batch, and each
+sequence accepts, commits and rewinds its own slot. A sequence leaves when it finishes or is
+cancelled; nobody waits for the longest request.
 
-How wide the round is: a pass over n sequences of width S computes n x S rows, so one long
-proposal makes every row pay for it. The round picks the width S that maximizes expected
-committed tokens per second over the whole batch,
+On ragged passes (`BatchDecoder.ragged`: specops' attention operator) a pass holds exactly each
+sequence's rows, no padding, and a joining sequence's prompt rides the same passes in chunks
+(`PromptBudget`: as many prompt tokens as keep the running streams moving, a whole chunk when
+nothing else decodes); every row is computed alike in any company, so no output depends on who
+shared its passes. On onnxruntime's attention (the stock fallback) rows are padded to the
+widest and a joining prompt runs alone first.
+
+How wide the round is: a padded pass over n sequences of width S computes n x S rows, so one
+long proposal makes every row pay for it (a ragged pass: the sum of the rows' real widths). The
+round picks the width S that maximizes expected committed tokens per second over the whole batch,
     sum_i E(a_i, min(k_i, S - 1)) / cost(n x S rows),
 where k_i is what sequence i has to offer, a_i the cost model's acceptance estimate for that
 kind of proposal and cost() the target's measured pass curve. With one sequence this is the
@@ -32,6 +38,7 @@ from ..speculators.successor import SuccessorTable
 from .adaptive import CostModel, expected_tokens
 from .llm_engine import GenerationResult
 from .output import OnTokens, Output
+from .prompt_budget import PromptBudget
 from .sampling import Sampler
 from .sampling_params import SamplingParams
 from .stats import GenerationStats
@@ -57,6 +64,12 @@ class Sequence:
     ngram: NgramSpeculator | None = None
     draft: DraftModelSpeculator | None = None
     started: float = 0.0
+    prefilled: int = -1  # prompt tokens in the cache while a ragged batch reads the prompt (-1: read)
+
+    @property
+    def joining(self) -> bool:
+        """Still reading its prompt (ragged batches read prompts in chunks beside the others' rows)."""
+        return self.prefilled >= 0
 
     @property
     def done(self) -> bool:
@@ -72,7 +85,9 @@ class BatchEngine:
         self.eos_ids = frozenset(target.spec.eos_ids)
         self.active: list[Sequence] = []  # active[i] holds slot i
         self._drafts: list[DraftModelSpeculator] = []  # idle draft caches, reused
-        self.last_pass = (0, 0)  # (sequences, rows) of the latest decoding pass, for metrics
+        self.last_pass = (0, 0, 0)  # (decoding sequences, their rows, prompt tokens) of the latest pass
+        self.budget = PromptBudget(chunk=prefill_chunk)  # prompt tokens beside decoding rows (ragged)
+        self.budget.seed(cost.verify_s)
         self.successors = SuccessorTable()  # guesses for padding rows, from every sequence's tokens
 
     @property
@@ -112,10 +127,15 @@ class BatchEngine:
         if params.speculator in ("draft", "hybrid", "auto") and self.make_draft is not None:
             seq.draft = self._drafts.pop() if self._drafts else self.make_draft()
             seq.draft.reset()
-        seq.slot = len(self.active)
+        used = {s.slot for s in self.active}
+        seq.slot = next(i for i in range(self.target.max_batch) if i not in used) if self.target.ragged \
+            else len(self.active)
         self.active.append(seq)
         self.target.lengths[seq.slot] = 0
         self.successors.observe(int(seq.prompt_ids[0]), seq.prompt_ids[1:])
+        if self.target.ragged:  # its prompt rides the next rounds' passes (step)
+            seq.prefilled = 0
+            return seq
         logits = self.target.prefill(seq.slot, seq.prompt_ids, self.prefill_chunk)
         seq.stats.prefill_s = time.perf_counter() - seq.started
         first = int(np.argmax(logits)) if seq.sampler is None else seq.sampler.draw(seq.sampler.probs(logits[None])[0])
@@ -145,6 +165,11 @@ class BatchEngine:
         """Take finished sequences out; the last active slot moves into each freed one."""
         done = [s for s in self.active if s.done]
         for seq in done:
+            if self.target.ragged:  # rows name their slots: nothing moves
+                self.active.remove(seq)
+                self.target.lengths[seq.slot] = 0
+                self._release_draft(seq)
+                continue
             last = self.active[-1]
             if last is not seq:
                 self.target.move(last.slot, seq.slot)
@@ -152,10 +177,13 @@ class BatchEngine:
                 last.slot = seq.slot
             self.active.pop()
             self.target.lengths[len(self.active)] = 0
-            if seq.draft is not None:
-                self._drafts.append(seq.draft)
-                seq.draft = None
+            self._release_draft(seq)
         return done
+
+    def _release_draft(self, seq: Sequence) -> None:
+        if seq.draft is not None:
+            self._drafts.append(seq.draft)
+            seq.draft = None
 
     # -- one round for everyone -------------------------------------------------------------
     def step(self) -> list[Sequence]:
@@ -166,6 +194,8 @@ class BatchEngine:
         finished = self._reap()
         if not self.active:
             return finished
+        if self.target.ragged:
+            return finished + self._ragged_step()
         t0 = time.perf_counter()
         proposals = [self._offer(seq) for seq in self.active]
         width = self.choose_width(proposals)
@@ -178,23 +208,80 @@ class BatchEngine:
         t2 = time.perf_counter()
         n_rows = len(rows) * max(max(len(r) for r in rows), self.target.min_rows)
         self.cost.observe_verify(n_rows, t2 - t1)
-        self.last_pass = (len(rows), n_rows)
+        self.last_pass = (len(rows), n_rows, 0)
         for seq, p, lg in zip(self.active, proposals, logits):
-            if seq.sampler is None:
-                j, nxt = accept_greedy(p.ids, lg.argmax(axis=-1))
-            else:
-                j, nxt = accept_sampled(p.ids, seq.sampler.probs(lg), p.q, seq.sampler.rng)
-            self.target.rewind(seq.slot, seq.n + j)  # keep pending + the j accepted rows
-            k = len(p.ids)
-            s = seq.stats
-            s.record_round(p.source, k, j)
-            s.draft_passes += p.draft_passes
-            s.draft_s += t1 - t0
-            s.verify_s += t2 - t1
-            if p.source and k:
-                self.cost.observe_round(p.key, k, j)
-            self._commit(seq, [*p.ids[:j].tolist(), nxt])
+            self._accept(seq, p, lg, t1 - t0, t2 - t1)
         return finished + self._reap()
+
+    def _ragged_step(self) -> list[Sequence]:
+        """One ragged pass: every decoding sequence's row (its pending token and proposal, no
+        padding) and the joining prompts' next chunks, as many prompt tokens as `budget` allows
+        beside the decoding rows (a whole chunk when nothing else decodes)."""
+        t0 = time.perf_counter()
+        decoding = [s for s in self.active if not s.joining]
+        proposals = [self._offer(seq) for seq in decoding]
+        if decoding:
+            width = self.choose_width(proposals)
+            proposals = [Proposal(p.ids[:width - 1], None if p.q is None else p.q[:width - 1], p.source,
+                                  p.draft_passes, p.match, p.confidence, p.catchup) for p in proposals]
+        rows = [[int(seq.context[seq.n - 1]), *p.ids.tolist()] for seq, p in zip(decoding, proposals)]
+        n_rows = sum(len(r) for r in rows)
+        chunks = self._prompt_chunks(n_rows)
+        t1 = time.perf_counter()
+        logits = self.target.run([s.slot for s in decoding] + [s.slot for s, _ in chunks],
+                                 rows + [c for _, c in chunks],
+                                 [len(r) for r in rows] + [int(s.prefilled + len(c) == len(s.prompt_ids))
+                                                           for s, c in chunks])
+        t2 = time.perf_counter()
+        prompt_tokens = sum(len(c) for _, c in chunks)
+        self.budget.observe(n_rows, prompt_tokens, sum(len(c) * s.prefilled + len(c) * (len(c) - 1) // 2
+                                                       for s, c in chunks), t2 - t1)
+        if not chunks:
+            self.cost.observe_verify(n_rows, t2 - t1)
+        self.last_pass = (len(decoding), n_rows, prompt_tokens)
+        for seq, p, lg in zip(decoding, proposals, logits):
+            self._accept(seq, p, lg, t1 - t0, t2 - t1)
+        for (seq, chunk), lg in zip(chunks, logits[len(decoding):]):
+            seq.prefilled += len(chunk)
+            if seq.prefilled == len(seq.prompt_ids):
+                seq.prefilled = -1
+                seq.stats.prefill_s = time.perf_counter() - seq.started
+                first = int(np.argmax(lg[-1])) if seq.sampler is None else seq.sampler.draw(seq.sampler.probs(lg)[0])
+                self._commit(seq, [first])
+        return self._reap()
+
+    def _prompt_chunks(self, decoding_rows: int) -> list[tuple[Sequence, list[int]]]:
+        """The joining prompts' tokens for this pass, earliest joiner first."""
+        joining = [s for s in self.active if s.joining]
+        if not joining:
+            return []
+        first = joining[0]
+        left = self.budget.tokens(decoding_rows, first.prefilled, sum(len(s.prompt_ids) - s.prefilled for s in joining))
+        chunks = []
+        for seq in joining:
+            m = min(left, len(seq.prompt_ids) - seq.prefilled)
+            if m <= 0:
+                break
+            chunks.append((seq, [int(t) for t in seq.prompt_ids[seq.prefilled:seq.prefilled + m]]))
+            left -= m
+        return chunks
+
+    def _accept(self, seq: Sequence, p: Proposal, logits: np.ndarray, propose_s: float, verify_s: float) -> None:
+        """The sequence's part of a verify pass: accept, rewind its cache, record, commit."""
+        if seq.sampler is None:
+            j, nxt = accept_greedy(p.ids, logits.argmax(axis=-1))
+        else:
+            j, nxt = accept_sampled(p.ids, seq.sampler.probs(logits), p.q, seq.sampler.rng)
+        self.target.rewind(seq.slot, seq.n + j)  # keep pending + the j accepted rows
+        k = len(p.ids)
+        s = seq.stats
+        s.record_round(p.source, k, j)
+        s.draft_passes += p.draft_passes
+        s.draft_s += propose_s
+        s.verify_s += verify_s
+        if p.source and k:
+            self.cost.observe_round(p.key, k, j)
+        self._commit(seq, [*p.ids[:j].tolist(), nxt])
 
     def _fill(self, proposals: list[Proposal], row_width: int) -> list[Proposal]:
         """Rows with nothing to propose are padded to the round's width anyway: they carry
@@ -235,9 +322,9 @@ class BatchEngine:
         token costs a draft pass and widens every row)."""
         n = len(self.active)
         a = self.cost.estimate("draft")
-        best, best_rate = 0, 1.0 / self.rows_cost(n * max(1, self.target.min_rows))
+        best, best_rate = 0, 1.0 / self.rows_cost(self._pass_rows(n, 1))
         for k in range(1, 17):
-            rate = (n - 1 + expected_tokens(a, k)) / (self.rows_cost(n * max(k + 1, self.target.min_rows))
+            rate = (n - 1 + expected_tokens(a, k)) / (self.rows_cost(self._pass_rows(n, k + 1))
                                                     + k * (self.cost.draft_s or 0.0))
             if rate > best_rate:
                 best, best_rate = k, rate
@@ -264,8 +351,15 @@ class BatchEngine:
         for width in range(fixed, longest + 1):
             expected = sum(expected_tokens(self.cost.estimate(p.key), min(len(p.ids), width - 1)) if len(p.ids) else 1.0
                            for p in proposals)
-            rates.append((expected / self.rows_cost(n * max(width, self.target.min_rows)), width))
+            rows = sum(min(len(p.ids), width - 1) + 1 for p in proposals) if self.target.ragged \
+                else n * max(width, self.target.min_rows)
+            rates.append((expected / self.rows_cost(rows), width))
         return max(rates)[1]
+
+    def _pass_rows(self, n: int, width: int) -> int:
+        """Rows of a pass over n sequences when one of them runs `width` tokens: ragged passes pay
+        for real rows only, padded ones for n rows of the widest (at least min_rows)."""
+        return n - 1 + width if self.target.ragged else n * max(width, self.target.min_rows)
 
     # -- whole generations (tests, benchmarks, warm-up) ------------------------------------
     def generate(self, prompt_ids: list[int], params: SamplingParams, on_tokens: OnTokens | None = None,

@@ -33,9 +33,8 @@
  * so one session runs every precision and the service can time them), mins (optional).
  * Attributes: K, N, bits, zero_point (the codes' offset without mins), has_min.
  *
- * The onnxruntime ABI below is declared here rather than included: onnxruntime's Python wheel
- * ships no C headers. OrtApi is a table of function pointers that only ever grows at its end;
- * the slot numbers are those of ORT_API_VERSION 17, the version this op declares.
+ * The onnxruntime ABI this library uses is declared in ort_abi.h. RegisterCustomOps (at the end)
+ * registers both of the library's ops, QMatMul and Attention (attention.c), in domain "specops".
  */
 #include <immintrin.h>
 #include <stddef.h>
@@ -45,88 +44,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* ---- onnxruntime C ABI: the part this library uses ---------------------------------------- */
-typedef struct OrtStatus OrtStatus;
-typedef struct OrtKernelInfo OrtKernelInfo;
-typedef struct OrtKernelContext OrtKernelContext;
-typedef struct OrtValue OrtValue;
-typedef struct OrtTensorTypeAndShapeInfo OrtShapeInfo;
-typedef struct OrtCustomOpDomain OrtCustomOpDomain;
-typedef struct OrtSessionOptions OrtSessionOptions;
-typedef void (*OrtFn)(void);
-typedef struct { OrtFn fn[512]; } OrtApi;
-typedef struct {
-    const OrtApi *(*GetApi)(uint32_t version);
-    const char *(*GetVersionString)(void);
-} OrtApiBase;
+#include "ort_abi.h"
 
-enum { ORT_API_USED = 17, ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
-enum {  /* slots of OrtApi */
-    SLOT_CreateStatus = 0,
-    SLOT_CreateCustomOpDomain = 26,
-    SLOT_CustomOpDomain_Add = 27,
-    SLOT_AddCustomOpDomain = 28,
-    SLOT_GetTensorMutableData = 51,
-    SLOT_GetDimensionsCount = 61,
-    SLOT_GetDimensions = 62,
-    SLOT_GetTensorTypeAndShape = 65,
-    SLOT_KernelInfoGetAttribute_int64 = 86,
-    SLOT_KernelContext_GetInput = 90,
-    SLOT_KernelContext_GetOutput = 91,
-    SLOT_ReleaseTensorTypeAndShapeInfo = 99,
-    SLOT_KernelContext_ParallelFor = 274,
-};
-#define ORT_CALL(api, slot, type) ((type)(api)->fn[SLOT_##slot])
-
-typedef struct OrtCustomOp OrtCustomOp;
-struct OrtCustomOp {  /* field order fixed by the ABI */
-    uint32_t version;
-    void *(*CreateKernel)(const OrtCustomOp *, const OrtApi *, const OrtKernelInfo *);
-    const char *(*GetName)(const OrtCustomOp *);
-    const char *(*GetExecutionProviderType)(const OrtCustomOp *);
-    int (*GetInputType)(const OrtCustomOp *, size_t);
-    size_t (*GetInputTypeCount)(const OrtCustomOp *);
-    int (*GetOutputType)(const OrtCustomOp *, size_t);
-    size_t (*GetOutputTypeCount)(const OrtCustomOp *);
-    void (*KernelCompute)(void *, OrtKernelContext *);
-    void (*KernelDestroy)(void *);
-    int (*GetInputCharacteristic)(const OrtCustomOp *, size_t);
-    int (*GetOutputCharacteristic)(const OrtCustomOp *, size_t);
-    int (*GetInputMemoryType)(const OrtCustomOp *, size_t);
-    int (*GetVariadicInputMinArity)(const OrtCustomOp *);
-    int (*GetVariadicInputHomogeneity)(const OrtCustomOp *);
-    int (*GetVariadicOutputMinArity)(const OrtCustomOp *);
-    int (*GetVariadicOutputHomogeneity)(const OrtCustomOp *);
-    OrtStatus *(*CreateKernelV2)(const OrtCustomOp *, const OrtApi *, const OrtKernelInfo *, void **);
-    OrtStatus *(*KernelComputeV2)(void *, OrtKernelContext *);
-    OrtStatus *(*InferOutputShapeFn)(const OrtCustomOp *, void *);
-    int (*GetStartVersion)(const OrtCustomOp *);
-    int (*GetEndVersion)(const OrtCustomOp *);
-    size_t (*GetMayInplace)(int **, int **);
-    void (*ReleaseMayInplace)(int *, int *);
-    size_t (*GetAliasMap)(int **, int **);
-    void (*ReleaseAliasMap)(int *, int *);
-};
-enum { TYPE_FLOAT = 1, TYPE_UINT8 = 2, TYPE_INT64 = 7, IO_REQUIRED = 0, IO_OPTIONAL = 1, MEM_DEFAULT = 0 };
-
-typedef OrtStatus *(*CreateStatusFn)(int, const char *);
-typedef OrtStatus *(*GetInputFn)(const OrtKernelContext *, size_t, const OrtValue **);
-typedef OrtStatus *(*GetOutputFn)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **);
-typedef OrtStatus *(*MutableDataFn)(OrtValue *, void **);
-typedef OrtStatus *(*TypeAndShapeFn)(const OrtValue *, OrtShapeInfo **);
-typedef OrtStatus *(*DimsCountFn)(const OrtShapeInfo *, size_t *);
-typedef OrtStatus *(*DimsFn)(const OrtShapeInfo *, int64_t *, size_t);
-typedef void (*ReleaseShapeFn)(OrtShapeInfo *);
-typedef OrtStatus *(*AttrIntFn)(const OrtKernelInfo *, const char *, int64_t *);
-typedef OrtStatus *(*ParallelForFn)(const OrtKernelContext *, void (*)(void *, size_t), size_t, size_t, void *);
-typedef OrtStatus *(*CreateDomainFn)(const char *, OrtCustomOpDomain **);
-typedef OrtStatus *(*DomainAddFn)(OrtCustomOpDomain *, const OrtCustomOp *);
-typedef OrtStatus *(*AddDomainFn)(OrtSessionOptions *, OrtCustomOpDomain *);
-
-static const OrtApi *g_api;
-
-#define TRY(call) do { OrtStatus *st_ = (call); if (st_) return st_; } while (0)
-static OrtStatus *fail(int code, const char *msg) { return ORT_CALL(g_api, CreateStatus, CreateStatusFn)(code, msg); }
+const OrtApi *g_api;
 
 /* ---- the kernel ------------------------------------------------------------------------------ */
 enum { TILE = 16, BLOCK = 32 };
@@ -579,10 +499,12 @@ static int amx_permitted(void) {
     default: if (MOST >= 12) FN(wk, t, m0, 12 > MOST ? MOST : 12, BITS); break;     \
     }
 
-INLINE void groups(const Work *wk, int64_t most, void (*group)(const Work *, int64_t, int64_t, int), int64_t t) {
-    const int64_t chunks = (wk->M + most - 1) / most;
-    const int64_t per = (wk->M + chunks - 1) / chunks;
-    for (int64_t m0 = 0; m0 < wk->M; m0 += per) group(wk, t, m0, (int)(wk->M - m0 < per ? wk->M - m0 : per));
+/* Rows begin..end-1 of tile t in groups of at most `most` (as even as they come). */
+INLINE void groups(const Work *wk, int64_t most, void (*group)(const Work *, int64_t, int64_t, int), int64_t t,
+                   int64_t begin, int64_t end) {
+    const int64_t chunks = (end - begin + most - 1) / most;
+    const int64_t per = (end - begin + chunks - 1) / chunks;
+    for (int64_t m0 = begin; m0 < end; m0 += per) group(wk, t, m0, (int)(end - m0 < per ? end - m0 : per));
 }
 
 static void int8_group(const Work *wk, int64_t t, int64_t m0, int R) {
@@ -608,16 +530,24 @@ static AMX_FN void amx_x3_group(const Work *wk, int64_t t, int64_t m0, int R) {
     else amx_x3_rows(wk, t, m0, R);
 }
 
-static void run_tile(void *arg, size_t t) {
+/* Work item i: output tile i % (N/16) for the rows of block i / (N/16). A prompt chunk's rows come
+ * in blocks of ROW_BLOCK, so that a block's activations stay in cache while every tile reads them
+ * (one block of all the rows: 256 rows ran at a fifth of 15 rows' rate per row). How rows are
+ * grouped never changes a row's result. */
+enum { ROW_BLOCK = 48 };
+
+static void run_tile(void *arg, size_t i) {
     const Work *wk = (const Work *)arg;
+    const int64_t tiles = wk->N / TILE, t = (int64_t)i % tiles, begin = (int64_t)i / tiles * ROW_BLOCK;
+    const int64_t end = begin + ROW_BLOCK < wk->M ? begin + ROW_BLOCK : wk->M;
     switch (wk->path) {
-    case FP32: groups(wk, ROWS_FP32, fp32_group, (int64_t)t); break;
-    case BF16_AVX512: groups(wk, ROWS_BF16, bf16_group, (int64_t)t); break;
-    case INT8_AMX: groups(wk, ROWS_AMX, amx_int8_group, (int64_t)t); break;
-    case INT8X3_VNNI: groups(wk, ROWS_X3, x3_group, (int64_t)t); break;
-    case INT8X3_AMX: groups(wk, ROWS_AMX, amx_x3_group, (int64_t)t); break;
-    case BF16_AMX: groups(wk, ROWS_AMX, amx_bf16_rows, (int64_t)t); break;
-    default: groups(wk, ROWS_INT8, int8_group, (int64_t)t); break;
+    case FP32: groups(wk, ROWS_FP32, fp32_group, t, begin, end); break;
+    case BF16_AVX512: groups(wk, ROWS_BF16, bf16_group, t, begin, end); break;
+    case INT8_AMX: groups(wk, ROWS_AMX, amx_int8_group, t, begin, end); break;
+    case INT8X3_VNNI: groups(wk, ROWS_X3, x3_group, t, begin, end); break;
+    case INT8X3_AMX: groups(wk, ROWS_AMX, amx_x3_group, t, begin, end); break;
+    case BF16_AMX: groups(wk, ROWS_AMX, amx_bf16_rows, t, begin, end); break;
+    default: groups(wk, ROWS_INT8, int8_group, t, begin, end); break;
     }
 }
 
@@ -808,11 +738,11 @@ int specops_supported(void) { return specops_precisions() != 0; }
 
 typedef struct { int64_t K, N, bits, zero_point, has_min; } Kernel;
 
-static OrtStatus *shape_of(const OrtValue *v, int64_t *dims, size_t *n) {
+OrtStatus *specops_shape_of(const OrtValue *v, int64_t *dims, size_t *n) {
     OrtShapeInfo *info;
     TRY(ORT_CALL(g_api, GetTensorTypeAndShape, TypeAndShapeFn)(v, &info));
     OrtStatus *st = ORT_CALL(g_api, GetDimensionsCount, DimsCountFn)(info, n);
-    if (!st && *n > 8) st = fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: more than 8 dimensions");
+    if (!st && *n > 8) st = fail(ORT_INVALID_ARGUMENT, "specops: a tensor of more than 8 dimensions");
     if (!st) st = ORT_CALL(g_api, GetDimensions, DimsFn)(info, dims, *n);
     ORT_CALL(g_api, ReleaseTensorTypeAndShapeInfo, ReleaseShapeFn)(info);
     return st;
@@ -839,7 +769,7 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const OrtApi *api, const 
 static OrtStatus *check_tiled(const OrtValue *v, const Kernel *k, int64_t last, const char *what) {
     int64_t dims[8];
     size_t n;
-    TRY(shape_of(v, dims, &n));
+    TRY(specops_shape_of(v, dims, &n));
     if (n != 3 || dims[0] != k->N / TILE || dims[1] != k->K / BLOCK || dims[2] != last)
         return fail(ORT_INVALID_ARGUMENT, what);
     return NULL;
@@ -853,7 +783,7 @@ static OrtStatus *compute(void *state, OrtKernelContext *ctx) {
     if (k->has_min && !in[4]) return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: has_min=1 without a mins input");
     int64_t dims[8];
     size_t nd;
-    TRY(shape_of(in[0], dims, &nd));
+    TRY(specops_shape_of(in[0], dims, &nd));
     if (nd < 1 || dims[nd - 1] != k->K)
         return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: input's last dimension is not K");
     TRY(check_tiled(in[1], k, 64 * k->bits, "specops.QMatMul: weights are not in the tiled layout"));
@@ -880,7 +810,8 @@ static OrtStatus *compute(void *state, OrtKernelContext *ctx) {
                .wmin = (const float *)data[4], .y = (float *)y, .M = M, .K = k->K, .N = k->N, .bits = k->bits,
                .zero_point = k->zero_point, .precision = precision, .path = path};
     if (!prepare_rows(&wk)) return fail(ORT_FAIL, "specops.QMatMul: out of memory");
-    return ORT_CALL(g_api, KernelContext_ParallelFor, ParallelForFn)(ctx, run_tile, (size_t)(k->N / TILE), 0, &wk);
+    const size_t items = (size_t)(k->N / TILE) * (size_t)((M + ROW_BLOCK - 1) / ROW_BLOCK);
+    return ORT_CALL(g_api, KernelContext_ParallelFor, ParallelForFn)(ctx, run_tile, items, 0, &wk);
 }
 
 static void destroy_kernel(void *state) { free(state); }
@@ -934,5 +865,6 @@ OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base)
     OrtCustomOpDomain *domain;
     TRY(ORT_CALL(g_api, CreateCustomOpDomain, CreateDomainFn)("specops", &domain));
     TRY(ORT_CALL(g_api, CustomOpDomain_Add, DomainAddFn)(domain, &g_op));
+    TRY(ORT_CALL(g_api, CustomOpDomain_Add, DomainAddFn)(domain, &specops_attention_op));
     return ORT_CALL(g_api, AddCustomOpDomain, AddDomainFn)(options, domain);
 }

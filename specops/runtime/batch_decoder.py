@@ -11,6 +11,12 @@ of the buffers (no copy).
 Rows padded past their real tokens write cache entries beyond the slot's length, which the
 next pass overwrites, as `Decoder`'s padding does; `min_rows` plays the same part
 (`Decoder.one_row_kernel_differs`): every row then runs at least two tokens wide.
+
+**Ragged passes** (`ragged`: where specops' kernel library runs, see ragged.py) replace all of
+that: `run` takes any slots' rows, concatenated without padding, each tagged with its slot and
+position; the attention operator addresses the cache by slot, and computes every row alike in
+any company, so a plain step is one row and a prompt chunk can share a pass with other
+sequences' decode rows. `forward` and `prefill` then run on `run`; padding and `min_rows` go.
 """
 from __future__ import annotations
 
@@ -21,9 +27,10 @@ import numpy as np
 import onnxruntime as ort
 
 from . import graph as rewrite
+from . import ragged as ragged_graph
 from .decoder import SessionConfig, make_session, one_token_pass_differs
 from .graph import KERNEL_PRECISION, LOGITS_TO_KEEP, QUERY_SEQLENS
-from .kernel_paths import input_code, most_faithful_within, precision_report, precisions, served_paths
+from .kernel_paths import FAITHFUL, input_code, most_faithful_within, precision_report, precisions, served_paths
 from .kernels import KernelUnavailable, default_cache_dir, library, resolve
 from .model_folder import ModelFolderError, ModelSpec
 
@@ -44,6 +51,7 @@ class BatchDecoder:
         self.kernel, self.kernel_note = "stock", None  # which matmul kernel the passes run, and why
         self.precision: str | None = None  # the tiled kernel's activations (None on stock kernels)
         self.precision_ms: dict[str, float] = {}  # a plain step per precision, timed at load (auto)
+        self.ragged, self.attention_note = False, None  # ragged passes on specops.Attention, or why not
         self.session = self._open(spec, cfg)
         self.capacity = min(capacity or spec.context_length, spec.context_length)
         self.min_rows = 1
@@ -51,7 +59,9 @@ class BatchDecoder:
         self.vocab_size = out.shape[-1] if isinstance(out.shape[-1], int) else spec.vocab_size
         kv_type = next(i.type for i in self.session.get_inputs() if i.name == spec.past_key % 0)
         dtype = np.float16 if kv_type == "tensor(float16)" else np.float32
-        shape = (max_batch, spec.kv_heads, self.capacity, spec.head_dim)
+        # the attention operator keeps keys in blocks of 16 positions: its capacity is a multiple of 16
+        rounded = -(-self.capacity // ragged_graph.KEY_BLOCK) * ragged_graph.KEY_BLOCK if self.ragged else self.capacity
+        shape = (max_batch, spec.kv_heads, rounded, spec.head_dim)
         # written now (np.zeros would map zero pages lazily): a slot's first prompt otherwise pays
         # the page faults of its whole region, about 1 s at SmolLM2's 8192-token context
         self._kv = [(np.full(shape, 0, dtype), np.full(shape, 0, dtype)) for _ in range(spec.num_layers)]
@@ -66,6 +76,8 @@ class BatchDecoder:
         (a failure of the tiled session itself included: e.g. a library that will not register)."""
         try:
             model = rewrite.load(spec.model_file)
+            original = model.__class__()
+            original.CopyFrom(model)  # for the ragged rewrite
             rewrite.for_batching(model, spec.logits)
         except ValueError as err:
             raise ModelFolderError(f"{spec.model_file}: {err}") from None
@@ -76,7 +88,7 @@ class BatchDecoder:
             raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
         if kernel == "tiled":
             try:
-                return self._tiled_session(spec, cfg, model, cache)
+                return self._tiled_session(spec, cfg, original, model, cache)
             except KernelUnavailable as err:
                 if cfg.kernel == "tiled":
                     raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
@@ -84,11 +96,23 @@ class BatchDecoder:
         rewrite.split_minimums(model, spec.folder)  # Q4_1 float zero points: a form onnxruntime runs fast
         return make_session(spec, cfg, model.SerializeToString())
 
-    def _tiled_session(self, spec: ModelSpec, cfg: SessionConfig, model, cache: Path) -> ort.InferenceSession:
+    def _tiled_session(self, spec: ModelSpec, cfg: SessionConfig, original, batching,
+                       cache: Path) -> ort.InferenceSession:
         """The session with the tiled kernel, or KernelUnavailable saying why not. A damaged
-        weight file raises ModelFolderError naming it (not a kernel problem: no fallback)."""
-        tiled = model.__class__()
-        tiled.CopyFrom(model)  # `model` stays as it is for the stock session
+        weight file raises ModelFolderError naming it (not a kernel problem: no fallback).
+        `original`: the model as loaded, rewritten here for ragged passes where the attention
+        operator computes its attention (else `batching`'s padded form, the reason in
+        `attention_note`); `batching` stays as it is for the stock session."""
+        tiled = original
+        try:
+            kv = next(i for i in original.graph.input if i.name == spec.past_key % 0)
+            if kv.type.tensor_type.elem_type != 1:  # onnx.TensorProto.FLOAT
+                raise ValueError("the KV cache is not fp32 (the attention operator's)")
+            ragged_graph.for_ragged(tiled, spec.logits)
+        except (ValueError, StopIteration) as err:
+            self.attention_note = str(err) or "no past key input"
+            tiled = batching.__class__()
+            tiled.CopyFrom(batching)
         try:
             self._tiles = rewrite.tile_matmuls(tiled, spec.model_file, cache)  # kept: mapped
         except OSError as err:
@@ -101,8 +125,16 @@ class BatchDecoder:
         except ModelFolderError as err:  # e.g. a library onnxruntime cannot register
             raise KernelUnavailable(str(err)) from None
         self._tiles.release()
-        self.kernel = "tiled"
+        self.kernel, self.ragged = "tiled", self.attention_note is None
         return session
+
+    @property
+    def attention(self) -> str:
+        """Which attention the passes run, and why not ours where it is not (for /health)."""
+        if self.ragged:
+            return "specops.Attention (ragged passes)"
+        why = self.attention_note or self.kernel_note or "the stock kernels were asked for"
+        return f"onnxruntime GroupQueryAttention (padded passes: {why})"
 
     # -- precision of the tiled kernel --------------------------------------------------------
     def use_precision(self, name: str) -> None:
@@ -119,8 +151,9 @@ class BatchDecoder:
         return precisions(self._cache) if self.precision else ()
 
     def _choose_precision(self, cfg: SessionConfig, report: dict[str, str | None]) -> str:
-        """cfg.precision where the kernel serves it here; "auto": the most faithful precision
-        whose plain decoding step is within 10% of the fastest one's, timed here on this model
+        """cfg.precision where the kernel serves it here; "auto": of the faithful precisions
+        (kernel_paths.FAITHFUL: fp32, int8x3), the most faithful whose plain decoding step is
+        within 10% of the faster one's, timed here on this model
         (single-stream speed), once per process for a model file, thread count and consistent
         setting (cfg.consistent decides a step's width): every decoder of the model then computes
         alike, and a batch's rows equal a sequence's alone. `report`: kernel_paths.precision_report."""
@@ -130,9 +163,12 @@ class BatchDecoder:
                 raise ModelFolderError(f"{self.spec.model_file}: kernel precision {cfg.precision} cannot run here: "
                                        f"{report[cfg.precision]}")
             return cfg.precision
-        key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, available)
+        candidates = tuple(p for p in available if p in FAITHFUL)
+        if not candidates:
+            raise ModelFolderError(f"{self.spec.model_file}: neither fp32 nor int8x3 activations can run here: {report}")
+        key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, candidates)
         if key not in _TIMED:
-            _TIMED[key] = self.time_precisions(available, cfg.consistent)
+            _TIMED[key] = self.time_precisions(candidates, cfg.consistent)
         self.precision_ms = dict(_TIMED[key])
         return most_faithful_within(self.precision_ms)
 
@@ -150,7 +186,7 @@ class BatchDecoder:
         width = {}
         for name in names:
             self.use_precision(name)
-            width[name] = 2 if consistent == "on" or (consistent == "auto" and one_token_pass_differs(slot)) else 1
+            width[name] = 2 if consistent == "on" or (consistent == "auto" and slot.one_row_kernel_differs()) else 1
         context = min(context, self.capacity - 2)
         ids = [int(t) for t in np.arange(context) % max(self.vocab_size - 1, 1) + 1]
         self.prefill(0, ids)
@@ -181,9 +217,11 @@ class BatchDecoder:
     def move(self, src: int, dst: int) -> None:
         """Copy slot `src`'s cache into slot `dst` (its live part only); `src` becomes empty."""
         n = int(self.lengths[src])
+        n = min(-(-n // ragged_graph.KEY_BLOCK) * ragged_graph.KEY_BLOCK, self._kv[0][0].shape[2])  # whole key blocks
         for k, v in self._kv:
             k[dst, :, :n] = k[src, :, :n]
             v[dst, :, :n] = v[src, :, :n]
+        n = int(self.lengths[src])
         self.lengths[dst], self.lengths[src] = n, 0
 
     def _range(self, start: int, stop: int) -> list[tuple[ort.OrtValue, ort.OrtValue]]:
@@ -201,6 +239,8 @@ class BatchDecoder:
         n = len(rows)
         if n == 0 or start + n > self.max_batch or any(len(r) == 0 for r in rows):
             raise ValueError("forward needs 1..max_batch non-empty rows")
+        if self.ragged:
+            return self.run(range(start, start + n), rows, [1 if last_only else len(r) for r in rows])
         slots = np.arange(start, start + n)
         real = np.array([len(r) for r in rows])
         lengths = self.lengths[slots]
@@ -237,12 +277,52 @@ class BatchDecoder:
             return [logits[i, real[i] - 1 - (seq - keep)][None] for i in range(n)]
         return [logits[i, :real[i]] for i in range(n)]
 
+    def run(self, slots, rows: list[list[int]], keep: list[int]) -> list[np.ndarray]:
+        """One ragged pass (`ragged` decoders only): rows[i] appended to slot slots[i] (each slot
+        at most once), concatenated without padding; returns for each row the logits of its last
+        keep[i] tokens [keep[i], vocab] (0 for a prompt chunk whose logits nobody reads: the LM
+        head skips it), views of one output valid until the next pass."""
+        slots = np.asarray(list(slots), np.int64)
+        n = np.array([len(r) for r in rows], np.int64)
+        keep = np.asarray(keep, np.int64)
+        if (len(slots) == 0 or len(slots) != len(rows) or len(np.unique(slots)) != len(slots) or (n == 0).any()
+                or (slots < 0).any() or (slots >= self.max_batch).any() or (keep < 0).any() or (keep > n).any()):
+            raise ValueError("a ragged pass needs non-empty rows on distinct slots, 0 <= keep <= a row's tokens")
+        lengths = self.lengths[slots]
+        if (lengths + n > self.capacity).any():
+            raise OverflowError(f"context full: a row needs more than the {self.capacity}-token cache")
+        ends = np.cumsum(n)
+        ids = np.fromiter((t for r in rows for t in r), np.int64, int(ends[-1]))[None]
+        positions = np.concatenate([np.arange(a, a + m) for a, m in zip(lengths, n)]).astype(np.int32)
+        kept = np.concatenate([np.arange(e - k, e) for e, k in zip(ends, keep)]).astype(np.int64)
+        io = self.session.io_binding()
+        io.bind_output(self.spec.logits, "cpu")
+        io.bind_cpu_input(self.spec.input_ids, ids)
+        io.bind_cpu_input(ragged_graph.ROW_SLOT, np.repeat(slots, n).astype(np.int32))
+        io.bind_cpu_input(ragged_graph.ROW_POS, positions)
+        io.bind_cpu_input(ragged_graph.LOGITS_ROWS, kept)
+        io.bind_cpu_input(KERNEL_PRECISION, self._precision_feed)
+        for i, (k, v) in enumerate(self._range(0, self.max_batch)):
+            io.bind_ortvalue_input(self.spec.past_key % i, k)
+            io.bind_ortvalue_input(self.spec.past_value % i, v)
+            io.bind_ortvalue_output(self.spec.present_key % i, k)
+            io.bind_ortvalue_output(self.spec.present_value % i, v)
+        self.session.run_with_iobinding(io)
+        logits = io.get_outputs()[0].numpy()[0]
+        self.lengths[slots] += n
+        offsets = np.cumsum(keep) - keep
+        return [logits[o:o + k] for o, k in zip(offsets, keep)]
+
     def prefill(self, slot: int, ids, chunk: int = 512) -> np.ndarray:
         """Append a prompt to one slot, alone, in chunks; its last logits [vocab]."""
         ids = [int(t) for t in ids]
         logits = None
         for begin in range(0, len(ids), chunk):
-            logits = self.forward([ids[begin:begin + chunk]], start=slot, last_only=True)[0]
+            part = ids[begin:begin + chunk]
+            if self.ragged:
+                logits = self.run([slot], [part], [1 if begin + chunk >= len(ids) else 0])[0]
+            else:
+                logits = self.forward([part], start=slot, last_only=True)[0]
         return logits[-1]
 
 
@@ -273,6 +353,14 @@ class SlotDecoder:
     @property
     def kernel_path(self) -> str | None:
         return self.batch.kernel_path
+
+    @property
+    def attention(self) -> str:
+        return self.batch.attention
+
+    @property
+    def ragged(self) -> bool:
+        return self.batch.ragged
 
     @property
     def precision_ms(self) -> dict[str, float]:
@@ -307,4 +395,5 @@ class SlotDecoder:
         self.batch.rewind(self.slot, length)
 
     def one_row_kernel_differs(self, tolerance: float = 1e-4) -> bool:
-        return one_token_pass_differs(self, tolerance)
+        """False on ragged passes: every row is computed alike in any pass (the attention operator)."""
+        return not self.batch.ragged and one_token_pass_differs(self, tolerance)

@@ -32,10 +32,11 @@ class SessionConfig:
     # kernel where it builds and runs, else stock onnxruntime; "tiled" = that or an error
     kernel: str = "stock"
     kernel_cache: str | None = None  # the kernel library and tiled weights (None: kernels.default_cache_dir())
-    # the tiled kernel's activations: "fp32", "int8x3", "bf16", "int8", or "auto" = the most faithful
-    # whose plain decoding step is within 10% of the fastest, timed at load (BatchDecoder._choose_precision)
+    # the tiled kernel's activations: "fp32", "int8x3", "bf16", "int8", or "auto" = fp32 or int8x3 (the
+    # model's own answers), timed at load (BatchDecoder._choose_precision)
     precision: str = "auto"
     consistent: str = "auto"  # Settings.consistent_passes: how wide a plain step runs (timing precisions)
+    profile: str | None = None  # onnxruntime's profiler on, its JSON written under this prefix (scripts)
 
 
 def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None,
@@ -67,6 +68,8 @@ def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
+    if cfg.profile:
+        so.enable_profiling, so.profile_file_prefix = True, cfg.profile
     if graph is not None:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(spec.model_file.parent))
     try:
@@ -93,6 +96,7 @@ class Decoder:
 
     kernel, kernel_note = "stock", None  # onnxruntime's own kernels (the tiled kernel: batch_decoder.py)
     precision = kernel_path = None  # the tiled kernel's activations and path: not on onnxruntime's kernels
+    attention, ragged = "onnxruntime (the model's own graph)", False
 
     @property
     def precision_ms(self) -> dict[str, float]:

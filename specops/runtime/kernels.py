@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "qmatmul.c"
+SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "qmatmul.c"  # registers every op of the library
+# the library's other sources (and the header they share): one library, one place that picks CPU paths
+SOURCES = ("attention.c",)
+HEADERS = ("ort_abi.h",)
 # The library's base ISA; the bf16 and int8 paths carry their own (function attributes, inline
 # assembly) and run only where specops_precisions() says the CPU has them.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fPIC", "-shared"]
@@ -45,8 +48,15 @@ def compiler() -> str | None:
     return None
 
 
+def _sources() -> list[Path]:
+    """The C files compiled into the library (beside SOURCE, so a test can swap SOURCE for another folder's)."""
+    return [SOURCE] + [p for p in (SOURCE.parent / name for name in SOURCES) if p.is_file()]
+
+
 def library_name() -> str:
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    headers = [h for h in (SOURCE.parent / name for name in HEADERS) if h.is_file()]
+    text = b"".join(f.read_bytes() for f in _sources() + headers)
+    key = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:16]
     return f"libspecops_qmatmul-{key}.so"
 
 
@@ -78,7 +88,7 @@ def build(directory: Path) -> Path:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=directory) as tmp:
                 out = Path(tmp) / target.name
-                done = subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE)], capture_output=True, text=True,
+                done = subprocess.run([cc, *FLAGS, "-o", str(out), *map(str, _sources())], capture_output=True, text=True,
                                       timeout=300)
                 if done.returncode != 0:
                     raise KernelUnavailable(f"building the tiled kernel with {cc} failed: "

@@ -13,6 +13,7 @@ JUMP_BUCKETS = (1.0, 1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 12, 17)
 MAX_POSITION_LABEL = 16  # k_draft <= 16, so positions 0..15
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 ROWS_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+PROMPT_BUCKETS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 class Metrics:
@@ -46,8 +47,12 @@ class Metrics:
         self.model_ready = Gauge("specops_model_ready", "1 when a generation can be served.", registry=r)
         self.batch_size = Histogram("specops_batch_size", "Sequences per decoding pass of the target.",
                                     buckets=BATCH_BUCKETS, registry=r)
-        self.batch_rows = Histogram("specops_batch_rows", "Rows per decoding pass of the target (sequences x "
-                                    "the round's width, padding included).", buckets=ROWS_BUCKETS, registry=r)
+        self.batch_rows = Histogram("specops_batch_rows", "Decoding rows per pass of the target (each sequence's "
+                                    "pending token and proposals; padded passes: sequences x the round's width).",
+                                    buckets=ROWS_BUCKETS, registry=r)
+        self.pass_prompt_tokens = Histogram("specops_pass_prompt_tokens", "Prompt tokens per pass of the target "
+                                            "(chunks of joining prompts, read beside the decoding rows).",
+                                            buckets=PROMPT_BUCKETS, registry=r)
         self.generations = Counter("specops_generations_total", "Finished generations by finish reason "
                                    "(stop, length, cancelled, timeout).", ["speculator", "finish_reason"],
                                    registry=r)

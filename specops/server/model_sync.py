@@ -140,7 +140,7 @@ class ModelSync:
     def _describe(self, paths: ModelPaths, engine: Engine) -> dict:
         target = engine.target
         kernel = {"target": target.kernel, "note": target.kernel_note, "precision": target.precision,
-                  "path": target.kernel_path,
+                  "path": target.kernel_path, "attention": target.attention,
                   "precision_ms": dict(target.precision_ms)}
         return {"target": str(paths.target), "draft": str(paths.draft) if paths.draft else None, "kernel": kernel,
                 "context_cap": engine.capacity, "chat_template": engine.tokenizer.has_chat_template,

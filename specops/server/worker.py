@@ -205,9 +205,11 @@ class EngineWorker:
                         f"generation failed: {type(err).__name__} (see the server log)", code="engine_error"))
                     self._finish(job)
                 continue
-            rows = engine.last_pass
-            self.metrics.batch_size.observe(rows[0])
-            self.metrics.batch_rows.observe(rows[1])
+            sequences, rows, prompt_tokens = engine.last_pass
+            if sequences:
+                self.metrics.batch_size.observe(sequences)
+                self.metrics.batch_rows.observe(rows)
+            self.metrics.pass_prompt_tokens.observe(prompt_tokens)
             for seq in finished:
                 self._done(*jobs.pop(id(seq)))
 
