@@ -76,6 +76,20 @@ def peers(report: dict) -> Rows:
     return header, rows
 
 
+def headline(report: dict) -> Rows:
+    """A short `specops bench speculators` table: each speculator's rate and speedup, and each
+    other server's rate in the same run (this engine under other settings left out)."""
+    header = ["set", "speculator", "tok/s", "speedup vs target-only", "other servers, same run: tok/s (ours / theirs)"]
+    rows = []
+    for set_name, part in report["sets"].items():
+        for s, r in part["speculators"].items():
+            others = [f"{theirs} {_n(_peer_rate(part.get('peers', {}), theirs))} ({_x(ratio)})"
+                      for key, ratio in part.get("peer_ratios", {}).items()
+                      for mine, theirs in [key.split("_vs_", 1)] if mine == s and not theirs.startswith("specops_")]
+            rows.append([_set_name(set_name), s, _n(r["tok_s"]), _x(r.get("speedup")), ", ".join(others)])
+    return header, rows
+
+
 def batching(report: dict) -> Rows:
     """`specops bench serve` (started servers): max_batch 1 against max_batch B, 1 and C clients."""
     batches = sorted((k for k in report if re.fullmatch(r"b\d+", k)), key=lambda k: int(k[1:]))
@@ -128,7 +142,7 @@ def curves(report: dict) -> Rows:
 
 
 RENDERERS: dict[str, Callable[..., Rows]] = {
-    "speculators": speculators, "peers": peers, "batching": batching, "fidelity": fidelity,
+    "speculators": speculators, "peers": peers, "headline": headline, "batching": batching, "fidelity": fidelity,
     "precisions": precisions, "curves": curves}
 
 
