@@ -134,6 +134,23 @@ def precisions(report: dict) -> Rows:
     return header, [[name, *(_n(v, 1) for v in ms), _x(ms[-1] / ms[0])] for name, ms in curves.items()]
 
 
+def profiles(*reports: dict) -> Rows:
+    """`specops profile --json` of several models: each one's stock onnxruntime curve and the curve
+    as the engine runs it (the tiled kernel; a two-row plain step where consistent passes are on,
+    with the one-row pass beside it when the profile timed it)."""
+    n = len(reports[0]["verify_ms"])
+    rows = []
+    for r in reports:
+        name = r.get("label") or Path(r["target"]).name
+        rows.append([f"{name}, stock", *(_n(v, 1) for v in r["baseline_verify_ms"])])
+        engine = [_n(v, 1) for v in r["verify_ms"]]
+        if r.get("one_row_ms") and r["one_row_kernel_differs"]:
+            engine[0] = f"{r['one_row_ms']:.1f} ({engine[0]} as a two-row step)"
+        two_row = " (two-row step)" if r["one_row_kernel_differs"] and not r.get("one_row_ms") else ""
+        rows.append([f"{name}, {r['kernel']}{two_row}", *engine])
+    return ["tokens in the pass, ms", *map(str, range(1, n + 1))], rows
+
+
 def curves(report: dict) -> Rows:
     """`specops bench curves`: each candidate's pass over 1..N tokens."""
     n = len(next(iter(report["curves_ms"].values())))
@@ -143,7 +160,7 @@ def curves(report: dict) -> Rows:
 
 RENDERERS: dict[str, Callable[..., Rows]] = {
     "speculators": speculators, "peers": peers, "headline": headline, "batching": batching, "fidelity": fidelity,
-    "precisions": precisions, "curves": curves}
+    "precisions": precisions, "profiles": profiles, "curves": curves}
 
 
 def caption(reports: list[dict]) -> str:
