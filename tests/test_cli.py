@@ -1,9 +1,15 @@
-"""`specops generate` as a user runs it: a subprocess, JSON out, every speculator."""
+"""The command line as a user runs it (a subprocess): `specops generate` with JSON out and every
+speculator; every command's --help, `python -m specops`, --version; a tiny `specops bench` run."""
 import json
+import os
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
 
@@ -52,3 +58,68 @@ def test_help_lists_every_setting(command):
     assert out.returncode == 0, out.stderr
     if command != "prepare":
         assert "--kernel {auto,tiled,stock}" in out.stdout and "7-14% more" in out.stdout
+
+
+COMMANDS = ["serve", "generate", "prepare", "profile", "bench"]
+BENCH = ["speculators", "serve", "curves", "soak"]
+
+
+def test_python_m_specops_is_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "specops", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: specops ")
+
+
+def test_version():
+    from specops import __version__
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"specops {__version__}", out.stderr
+    with open(ROOT / "pyproject.toml", "rb") as f:  # one version: the package's and the distribution's
+        assert tomllib.load(f)["project"]["version"] == __version__
+
+
+def _command_lines(help_text: str, names: list[str]) -> dict[str, list[str]]:
+    """The lines of a `--help` listing from each command's name to the next one's (or a blank line)."""
+    lines = help_text.splitlines()
+    found = {}
+    for i, line in enumerate(lines):
+        words = line.split()
+        if words and words[0] in names and line.startswith("    ") and words[0] not in found:
+            block = [line]
+            for nxt in lines[i + 1:]:
+                if not nxt.strip() or (nxt.split()[0] in names and nxt.startswith("    ")):
+                    break
+                block.append(nxt)
+            found[words[0]] = block
+    return found
+
+
+@pytest.mark.parametrize("argv, names", [([], COMMANDS), (["bench"], BENCH)])
+def test_help_lists_each_command_on_one_line(argv, names):
+    out = subprocess.run([sys.executable, "-m", "specops", *argv, "--help"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "COLUMNS": "100"})
+    assert out.returncode == 0, out.stderr
+    listed = _command_lines(out.stdout, names)
+    assert sorted(listed) == sorted(names), out.stdout
+    for name, block in listed.items():
+        assert len(block) == 1 and len(block[0].split()) > 2, f"{name}: {block}"  # its name and its help
+
+
+@pytest.mark.parametrize("command", COMMANDS + [f"bench {b}" for b in BENCH])
+def test_every_command_has_help(command):
+    out = run_cli(*command.split(), "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: specops {command}"), out.stdout[:200]
+
+
+def test_a_bench_run_records_its_command_and_machine(tmp_path):
+    """`specops bench speculators` on the small pair, tiny: one JSON report with where it came from."""
+    out = run_cli("bench", "speculators", "--sets", "copy", "--limit", "1", "--repeats", "1", "--max-new-tokens",
+                  "8", "--speculators", "none,ngram", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report == json.loads(out.stdout.splitlines()[-1])
+    assert report["run"]["command"].startswith("specops bench speculators --sets copy")
+    assert report["run"]["machine"]["cpus"] >= 1 and report["run"]["date"]
+    assert set(report["sets"]["copy"]["speculators"]) == {"none", "ngram"}

@@ -1,29 +1,18 @@
-"""The 60-second soak (scripts/soak.py) against a live server on the small pair: 4 clients,
-plain and streaming requests on /generate and /v1/chat/completions, disconnects mid-stream,
-malformed requests, bursts over a 4-request queue. Asserts what the 10-minute soak asserts:
+"""The 60-second soak (`specops bench soak`, specops/bench/soak.py) against a live server on the
+small pair: 4 clients, plain and streaming requests on /generate and /v1/chat/completions,
+disconnects mid-stream, malformed requests, bursts over a 4-request queue. Asserts what the 10-minute soak asserts:
 0 5xx, 0 lost, every 429 with Retry-After, RSS growth < 5% after the first window, no fd or
 thread growth."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from server_harness import ROOT, ready_server
+from server_harness import ready_server
 
-
-def _soak_module():
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "scripts" / "soak.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["soak"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _soak_module()
+from specops.bench import soak
 
 
 @pytest.fixture(scope="module")

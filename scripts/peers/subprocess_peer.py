@@ -3,7 +3,7 @@
 its own virtualenv (.peers/*, made by scripts/peers/setup_peers.sh), driven from our main venv
 over JSON lines. Standard library only.
 
-Shaped like scripts/peers/ort_genai.py's Runner so that specops/bench.py can take it as a peer:
+Shaped like scripts/peers/ort_genai.py's Runner so that `specops bench speculators` (specops/bench/speculators.py) can take it as a peer:
 run_interleaved calls `peer(prompt_ids, max_new_tokens) -> tokens/s`, so pass
 `SubprocessPeer(...).tokens_per_second` in its `peers=` dict.
 

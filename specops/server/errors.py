@@ -111,7 +111,7 @@ async def _unexpected(_: Request, err: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     # the handlers are async: Starlette runs a plain `def` handler in its thread pool, so a burst of
-    # 429s grew the process by up to 40 threads (seen by scripts/soak.py)
+    # 429s grew the process by up to 40 threads (seen by `specops bench soak`)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

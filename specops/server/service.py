@@ -46,5 +46,5 @@ class Service:
 
 async def get_service(request: Request) -> Service:
     # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request,
-    # and a burst of requests grows the pool by up to 40 threads (seen by scripts/soak.py)
+    # and a burst of requests grows the pool by up to 40 threads (seen by `specops bench soak`)
     return request.app.state.service

@@ -1,6 +1,6 @@
 """Soak test against a running SpecOps server: N clients for T minutes, then a verdict.
 
-    python scripts/soak.py --url http://127.0.0.1:8888 --clients 8 --minutes 10 --json soak.json
+    specops bench soak --url http://127.0.0.1:8888 --clients 8 --minutes 10 --json soak.json
 
 Each client loops over a mix of requests: plain and streaming, on /generate and
 /v1/chat/completions; streams it leaves after the first events (a client disconnecting
@@ -11,7 +11,7 @@ answered 200 or 429, and every 429 must carry Retry-After. A client told 429 wai
 
 Reported (one JSON document, on stdout and in --json): requests by outcome and by kind, the
 HTTP statuses, 5xx count, requests lost (sent but never answered: a timeout or a dropped
-connection with no status), per --bucket-s window (a minute by default) the p50/p95/p99
+connection with no status), per --window-s window (a minute by default) the p50/p95/p99
 latency of completed requests and the server's RSS, open file descriptors and threads, and
 the `checks` with their verdict.
 
@@ -33,7 +33,6 @@ at most +2 and threads at most +1 after the run. `run_soak()` and `check()` are 
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -389,8 +388,7 @@ def run_soak(url: str, clients: int, minutes: float, pid: int | None = None, **o
     return report
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(ap) -> None:
     ap.add_argument("--url", default="http://127.0.0.1:8888")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -407,7 +405,9 @@ def main() -> int:
                     "clock starts (its requests are counted and checked; latency and RSS windows start after)")
     ap.add_argument("--api-key", default="")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+
+
+def main(args) -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     report = run_soak(args.url, args.clients, args.minutes, args.pid, headers=headers,
                       max_new_tokens=args.max_new_tokens, bucket_s=args.window_s, sample_s=args.sample_s,
@@ -420,7 +420,3 @@ def main() -> int:
     for problem in report["problems"]:
         print(f"FAIL: {problem}", file=sys.stderr)
     return 1 if report["problems"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Measure speculators against target-only decoding in one run (used by scripts/bench.py and
+"""Speculators against target-only decoding in one run (`specops bench speculators` and
 scripts/ci_benchmark.py). Repeats are interleaved (each prompt runs every speculator in turn)
 so that machine drift cancels in the per-prompt speedup ratios; figures are medians."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Callable
 
 import numpy as np
 
-from .engine.adaptive import CostModel, expected_tokens
-from .engine.llm_engine import Engine, GenerationResult
-from .engine.sampling_params import SamplingParams
-from .runtime.tokenizer import ChatMessage
+from ..engine.adaptive import CostModel, expected_tokens
+from ..engine.llm_engine import Engine, GenerationResult
+from ..engine.sampling_params import SamplingParams
+from ..runtime.tokenizer import ChatMessage
 
-PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
+PROMPTS = Path(__file__).resolve().parents[2] / "prompts"
 
 # Two logits closer than this are a near-tie: the int4 target's single-token steps and its
 # multi-token verify passes differ by up to 0.037 per logit
@@ -60,6 +60,18 @@ def near_tie_moves(engine: Engine, prompts: list[list[int]], new_tokens: int = 4
         target.min_rows = saved
         target.reset()
     return np.concatenate(moves) if moves else np.zeros(0)
+
+
+def run_record(command: list[str]) -> dict:
+    """Where a figure comes from: the command that measured it, the date (UTC) and the machine
+    (CPU, its flags, onnxruntime, load average). `specops bench` puts it in every report under "run";
+    docs/bench's tables print it under the table."""
+    import datetime
+    import shlex
+
+    from ..profile import machine  # (profile imports this package: imported when called)
+
+    return {"command": shlex.join(command), "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(), "machine": machine()}
 
 
 def emit_report(report: dict, path: Path | None) -> None:

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
-"""Speculators vs target-only decoding on the committed prompt sets, in one run, interleaved,
-medians; with the cost-model bound, and optionally the peers on the same weights and prompts.
-Prints one JSON line; --json writes it to a file, --chart draws tok/s and TPJ per speculator
-(needs matplotlib). Not a test.
+"""`specops bench speculators`: speculators vs target-only decoding on the committed prompt sets,
+in one run, interleaved, medians; with the cost-model bound, and optionally the peers on the same
+weights and prompts. Prints one JSON line; --json writes it to a file, --chart draws tok/s and TPJ
+per speculator (needs matplotlib: the `bench` extra). Not a test.
 
-    python scripts/bench.py [--sets copy_real,chat_real] [--repeats 3] [--max-new-tokens 96] [--k 4]
+    specops bench speculators [--sets copy_real,chat_real] [--repeats 3] [--max-new-tokens 96] [--k 4]
         [--peers ort_genai,llama_cpp,openvino] [--ignore-eos] [--baseline-folder PATH [--baseline-precision int8]]
         [--json out.json] [--chart out.png]
 
@@ -28,6 +27,8 @@ Peers: onnxruntime-genai's greedy and n-gram modes on our ONNX folder (and its d
 accepts the pair; the `prepare` extra has it); llama.cpp (llama-cpp-python) on the GGUF itself and
 OpenVINO GenAI on the model converted by optimum-intel, greedy and prompt lookup, each in its own
 virtualenv made by scripts/peers/setup_peers.sh, driven over a pipe (scripts/peers/subprocess_peer.py).
+The peers' code lives in scripts/peers/ (it imports onnxruntime_genai, which the package never does):
+peers need a source checkout.
 """
 from __future__ import annotations
 
@@ -40,13 +41,23 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ..config import Settings
+from ..loader import load_engine, local_paths
+from .measure import (emit_report, greedy_mismatches, load_prompt_set, mode_speedups, peer_ratios, run_interleaved,
+                      run_record, summarize)
 
-from specops.bench import (emit_report, greedy_mismatches, load_prompt_set, mode_speedups,  # noqa: E402
-                           peer_ratios, run_interleaved, summarize)
-from specops.config import Settings  # noqa: E402
-from specops.loader import load_engine, local_paths  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def peers_on_path() -> None:
+    """The peers (scripts/peers: onnxruntime-genai, and llama.cpp and OpenVINO GenAI over a pipe)
+    are importable as `peers` from a source checkout."""
+    scripts = ROOT / "scripts"
+    if not (scripts / "peers").is_dir():
+        raise OSError(f"peers need a source checkout: {scripts / 'peers'} not found")
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))
+
 
 SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
 # our speculator <-> the peer modes it is compared with
@@ -121,7 +132,7 @@ def baseline_peers(settings: Settings, folder: Path, precision: str, k: int, ign
 
 
 def peer_runners(settings: Settings, paths, which: list[str], k: int, ignore_eos: bool) -> tuple[dict, dict]:
-    sys.path.insert(0, str(ROOT / "scripts"))
+    peers_on_path()
     peers, refused = ort_genai_peers(paths, k, ignore_eos) if "ort_genai" in which else ({}, {})
     peers.update(subprocess_peers([w for w in which if w not in ("ort_genai", "specops_stock")], k, ignore_eos))
     if "specops_stock" in which:
@@ -155,8 +166,7 @@ class Progress:
             print(file=sys.stderr)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sets", default="copy_real,chat_real")
     parser.add_argument("--speculators", default=",".join(SPECULATORS),
                         help="comma-separated; NAME@fixed proposes k every round instead of adapting k")
@@ -173,7 +183,9 @@ def main() -> int:
                         help="peers specops_baseline_{none,ngram,auto}: this engine on that target folder")
     parser.add_argument("--baseline-precision", default="int8", choices=["auto", "fp32", "bf16", "int8"],
                         help="the baseline's kernel_precision (default int8: int8 activations)")
-    args = parser.parse_args()
+
+
+def main(args: argparse.Namespace) -> int:
 
     settings = Settings()
     paths = local_paths(settings)
@@ -191,7 +203,8 @@ def main() -> int:
     if args.limit:
         sets = {k: v[:args.limit] for k, v in sets.items()}
     progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
-    report = {"bench": "speculators", "cores": os.cpu_count(), "repeats": args.repeats,
+    report = {"bench": "speculators", "run": run_record(args.command_line),
+              "cores": os.cpu_count(), "repeats": args.repeats,
               "kernel": engine.target.kernel, "kernel_note": engine.target.kernel_note,
               "max_new_tokens": args.max_new_tokens, "k": args.k, "ignore_eos": args.ignore_eos,
               **({"baseline": baseline} if baseline else {}),
@@ -217,11 +230,9 @@ def main() -> int:
         report["peers_refused"] = refused
     emit_report(report, args.json)
     if args.chart:
-        from chart import draw  # scripts/chart.py; matplotlib only when asked
+        from .chart import draw  # matplotlib only when asked
 
         draw(report, args.chart)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

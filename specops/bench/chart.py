@@ -1,4 +1,4 @@
-"""Draw a bench report (scripts/bench.py JSON): tok/s and TPJ per speculator and prompt set,
+"""Draw a `specops bench speculators` report: tok/s and TPJ per speculator and prompt set,
 with the target-only baseline and the cost-model bound drawn in."""
 from __future__ import annotations
 
