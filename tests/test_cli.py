@@ -61,7 +61,7 @@ def test_help_lists_every_setting(command):
 
 
 COMMANDS = ["serve", "generate", "prepare", "profile", "bench"]
-BENCH = ["speculators", "serve", "curves", "soak"]
+BENCH = ["speculators", "serve", "curves", "soak", "join"]
 
 
 def test_python_m_specops_is_the_command_line():

@@ -1,6 +1,6 @@
 """`specops bench`: what users measure, one subcommand each (specops/bench/cli.py): `speculators`
 (prompt sets, optional peers), `serve` (N clients against a running or started server), `curves`
-(verify-pass costs), `soak` (a long mixed load and its verdict). `measure` holds the interleaved
+(verify-pass costs), `soak` (a long mixed load and its verdict), `join` (a long prompt joining a stream). `measure` holds the interleaved
 runs, medians, near-tie proofs and cost bounds that these and scripts/ci_benchmark.py share; its
 names are re-exported here."""
 from .measure import (NEAR_TIE, PROMPTS, Interleaved, PeerRun, Results, best_bound, cost_bound, emit_report,

@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""A long prompt joining a running stream (issue 21's benchmark; not a test).
+"""`specops bench join`: a long prompt joining a running stream, and alone (not a test).
 
 Starts the service on the default model (or uses --url), then, in one run, --repeats times:
   1. the long prompt alone (--prompt-tokens of filler text, 4 new tokens): its latency;
@@ -9,14 +8,13 @@ Starts the service on the default model (or uses --url), then, in one run, --rep
 Medians over the repeats. Prints one JSON line (and --json writes it), with the server's
 prompt-tokens-per-pass and decoding-rows-per-pass histograms' means.
 
-    python scripts/join_bench.py [--prompt-tokens 7000] [--stream-tokens 400] [--repeats 3] [--url URL]
+    specops bench join [--prompt-tokens 7000] [--stream-tokens 400] [--repeats 3] [--url URL] [--json F]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,17 +22,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from .measure import emit_report, run_record
+from .serve import Server
 
-from server_harness import start_server  # noqa: E402
-
-from specops.bench import emit_report  # noqa: E402
+WORDS = ("river stone light house garden window paper music winter summer market school bridge forest "
+         "letter engine silver doctor island yellow animal number people family").split()
 
 
 def filler(tokens: int) -> str:
-    """Text of about `tokens` SmolLM2 tokens (numbered items: about 2.4 tokens each)."""
-    return "Summarize this list in one sentence.\n" + " ".join(f"item{i}" for i in range(int(tokens / 2.45)))
+    """Text of about `tokens` SmolLM2 tokens (common words, one token each with their space)."""
+    return "Summarize these words in one sentence.\n" + " ".join(WORDS[(7 * i) % len(WORDS)] for i in range(tokens - 12))
 
 
 def long_request(base: str, prompt: str) -> tuple[float, int]:
@@ -78,35 +75,34 @@ def histogram_mean(base: str, name: str) -> float | None:
     return values[f"{name}_sum"] / count if count else None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--prompt-tokens", type=int, default=7000)
     ap.add_argument("--stream-tokens", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--url", help="a running server (default: start one on the default model)")
-    ap.add_argument("--json", help="also write the report here")
-    args = ap.parse_args()
-    server = None if args.url else start_server({"SPECOPS_MAX_BATCH": "4"})
-    base = args.url or server.base_url
+    ap.add_argument("--url", help="a running server (default: start one, max_batch 4)")
+    ap.add_argument("--json", type=Path, help="also write the report here")
+
+
+def main(args: argparse.Namespace) -> int:
+    server = None if args.url else Server({"SPECOPS_MAX_BATCH": "4"})
+    base = args.url or server.url
     try:
-        if server:
-            server.wait_ready(timeout=900)
-        health = httpx.get(base + "/health", timeout=10).json()
+        health = server.wait_ready(900) if server else httpx.get(base + "/health", timeout=10).json()
         alone, shared = [], []
-        for i in range(args.repeats):  # interleaved; a distinct prompt each time (no prefix reuse)
-            prompt = f"Run {i}. " + filler(args.prompt_tokens)
-            alone.append(long_request(base, prompt))
+        for i in range(args.repeats):  # interleaved; a distinct prompt each time
+            alone.append(long_request(base, f"Run {i}. " + filler(args.prompt_tokens)))
             shared.append(joined(base, f"Again {i}. " + filler(args.prompt_tokens), args.stream_tokens))
         alone_s = statistics.median(a for a, _ in alone)
+        joined_s = statistics.median(s["latency_s"] for s in shared)
         report = {
-            "bench": "join", "prompt_tokens": alone[0][1], "stream_tokens": args.stream_tokens, "repeats": args.repeats,
-            "kernel": health["models"]["kernel"],
-            "alone_latency_s": alone_s, "alone_prompt_tok_per_s": alone[0][1] / alone_s,
-            "joined_latency_s": statistics.median(s["latency_s"] for s in shared),
-            "joined_over_alone": statistics.median(s["latency_s"] for s in shared) / alone_s,
-            "stream_median_gap_ms": statistics.median(s["median_gap_ms"] for s in shared),
-            "stream_max_gap_ms": statistics.median(s["max_gap_ms"] for s in shared),
-            "stream_max_gap_over_median": statistics.median(s["max_gap_ms"] / s["median_gap_ms"] for s in shared),
+            "bench": "join", "run": run_record(args.command_line), "prompt_tokens": alone[0][1],
+            "stream_tokens": args.stream_tokens, "repeats": args.repeats, "kernel": health["models"]["kernel"],
+            "alone_latency_s": round(alone_s, 3), "alone_prompt_tok_per_s": round(alone[0][1] / alone_s, 1),
+            "joined_latency_s": round(joined_s, 3), "joined_over_alone": round(joined_s / alone_s, 3),
+            "stream_median_gap_ms": round(statistics.median(s["median_gap_ms"] for s in shared), 2),
+            "stream_max_gap_ms": round(statistics.median(s["max_gap_ms"] for s in shared), 2),
+            "stream_max_gap_over_median": round(statistics.median(s["max_gap_ms"] / s["median_gap_ms"]
+                                                                  for s in shared), 2),
             "runs": shared,
             "mean_prompt_tokens_per_pass": histogram_mean(base, "specops_pass_prompt_tokens"),
             "mean_decoding_rows_per_pass": histogram_mean(base, "specops_batch_rows"),
@@ -115,7 +111,4 @@ def main() -> None:
     finally:
         if server:
             server.stop()
-
-
-if __name__ == "__main__":
-    main()
+    return 0
