@@ -18,7 +18,7 @@ the largest context cap that fits is searched for, since KV and scratch grow wit
 continuous batching the batch is lowered first (largest that fits at the requested cap), and the
 cap only when one sequence does not fit.
 
-Pure functions on `ModelFigures`, plus small readers: the cgroup limit, and a model folder's
+Pure functions on `ModelFigures`, plus small readers: the cgroup limit (specops.cgroup), and a model folder's
 file sizes and config (`figures_from_spec`). No onnxruntime here (decoder.py owns it).
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+
+from .cgroup import read_memory_limit
 
 MiB = 1 << 20
 PREPACKED_MARKER = "prepacked.json"  # written by scripts/prepack_target.py
@@ -229,21 +231,6 @@ def _refusal(plan: MemoryPlan, best_cap: int | None, min_context: int, target: M
 
 
 # -- readers: the container limit and a model folder's figures ---------------------------------
-def read_cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The container's memory limit in bytes: cgroup v2 `memory.max`, else v1
-    `memory/memory.limit_in_bytes`; None when unlimited or not readable."""
-    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text == "max":
-            return None
-        value = int(text)
-        return None if value >= 1 << 60 else value  # v1 says "unlimited" with a huge number
-    return None
-
-
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -305,12 +292,13 @@ def figures_from_spec(spec, name: str, tiled: bool = False) -> tuple[ModelFigure
         attn_copies=1 if spec.layout == "builder" else 2), note  # the builder fuses attention (GQA)
 
 
-def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/sys/fs/cgroup"),
-             target_kernel: str = "stock") -> MemoryPlan:
+def plan_for(settings, target_spec, draft_spec=None, target_kernel: str = "stock",
+             proc_self: Path = Path("/proc/self"), fs_root: Path = Path("/")) -> MemoryPlan:
     """The start-up memory check. Call it after reading the model folders, before opening sessions.
 
     - settings: `specops.config.Settings`; reads max_batch, context_length (0 = the target's own),
-      prefill_chunk, memory_limit_bytes (0 = the cgroup's memory.max), memory_overhead_bytes,
+      prefill_chunk, memory_limit_bytes (0 = the limit of this process's own cgroup, v1 or v2, the
+      smallest on the way up from the path /proc/self/cgroup names), memory_overhead_bytes,
       memory_auto_context_cap and memory_min_context.
     - target_spec, draft_spec: `ModelSpec`s from `read_model_folder`; draft_spec None = no draft.
     - target_kernel: "tiled" when the target will run on the tiled kernel (runtime.kernels.resolve).
@@ -320,14 +308,18 @@ def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/
       `str(plan)` is the full table. With no limit anywhere, the plan is returned as it is (fits).
     - Raises `BudgetError` (a ValueError) whose message gives the reason, the numbers and what
       would help, when the plan cannot fit and the cap may not (or cannot) be lowered enough.
+    - proc_self, fs_root: where /proc/self and / are (a fake tree in tests).
     Reads only files: model folder sizes and configs, the prepack marker, the cgroup limit.
     """
     target, note_t = figures_from_spec(target_spec, "target", tiled=target_kernel == "tiled")
     draft, note_d = figures_from_spec(draft_spec, "draft") if draft_spec is not None else (None, None)
-    limit = settings.memory_limit_bytes or read_cgroup_memory_limit(cgroup_root)
     notes = tuple(n for n in (note_t, note_d) if n)
+    limit = settings.memory_limit_bytes or None
     if limit is None:
-        notes += ("no memory limit set or found in the cgroup: nothing enforced",)
+        found = read_memory_limit(proc_self, fs_root)
+        limit = found[0] if found else None
+        notes += (f"memory limit from the cgroup {found[1]}",) if found else (
+            "no memory limit set or found in this process's cgroup: nothing enforced",)
     return choose_plan(target, draft, limit_bytes=limit,
                        requested_context=min(settings.context_length or target.context_length,
                                              target.context_length),

@@ -91,7 +91,8 @@ class Settings(BaseSettings):
                                      "often (the first chunk at once); 0 = one event per round")
 
     # -- memory budget (specops.budget: checked at start, shown in /health) -------------------
-    memory_limit_bytes: int = Field(0, ge=0, description="memory the process may use; 0 = the cgroup's memory.max")
+    memory_limit_bytes: int = Field(0, ge=0, description="memory the process may use; 0 = the limit of its own cgroup "
+                                    "(v1 or v2, the smallest from /proc/self/cgroup's path up)")
     memory_auto_context_cap: bool = Field(
         True, description="lower the context cap until the plan fits the memory limit, instead of refusing")
     memory_min_context: int = Field(256, ge=16, le=131072,
