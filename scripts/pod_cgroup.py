@@ -13,18 +13,15 @@ Used by scripts/pod_rehearsal.py and tests/test_cgroup.py.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-try:
-    from specops.cgroup import find_memory_cgroup, parse_flat_keyed, parse_mountinfo, parse_proc_cgroup
-except ModuleNotFoundError:  # run as a script from a checkout
-    import sys
-    sys.path.insert(0, str(ROOT))
-    from specops.cgroup import find_memory_cgroup, parse_flat_keyed, parse_mountinfo, parse_proc_cgroup
+from specops.cgroup import find_memory_cgroup, parse_flat_keyed, parse_mountinfo, parse_proc_cgroup  # noqa: E402
 
 PERIOD_US = 100_000
 
