@@ -1,12 +1,14 @@
 """Settings -> a ready Engine: read folders, open sessions, bridge vocabularies, calibrate."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import cost_cache
 from .config import Settings
 from .engine.adaptive import CostModel
 from .engine.batch import BatchEngine
@@ -22,6 +24,7 @@ from .speculators.ngram import NgramSpeculator
 from .speculators.vocab_bridge import VocabBridge
 
 MAX_K = 16
+log = logging.getLogger("specops.loader")
 
 
 @dataclass
@@ -116,7 +119,7 @@ def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: 
     engine = Engine(target, tokenizer, draft, NgramSpeculator(settings.ngram_min, settings.ngram_max),
                     prefill_chunk=settings.prefill_chunk)
     if calibrate:
-        engine.cost = measure_costs(target, draft.decoder if draft is not None else None, MAX_K)
+        engine.cost = calibrated_costs(settings, target, draft.decoder if draft is not None else None)
     return engine
 
 
@@ -140,7 +143,7 @@ def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calib
         def make_draft() -> DraftModelSpeculator:
             decoder = spare.pop() if spare else Decoder(draft_spec, capacity=batch.capacity, session=first.session)
             return DraftModelSpeculator(decoder, bridge)
-    cost = (measure_costs(SlotDecoder(batch, 0), first, MAX_K) if calibrate
+    cost = (calibrated_costs(settings, SlotDecoder(batch, 0), first) if calibrate
             else CostModel(verify_s=[1.0], draft_s=0.0 if first is not None else None))
     return BatchEngine(batch, tokenizer, cost, make_draft, (settings.ngram_min, settings.ngram_max),
                        settings.prefill_chunk)
@@ -154,6 +157,45 @@ def timed_pass(decoder: Decoder, ids) -> float:
     seconds = time.perf_counter() - t
     decoder.rewind(length)
     return seconds
+
+
+def calibrated_costs(settings: Settings, target, draft: Decoder | None) -> CostModel:
+    """`measure_costs`, or the curve cached for this model file, CPU and settings, checked by a
+    few passes and scaled to them (specops.cost_cache); a fresh sweep is cached for next time."""
+    if not settings.cost_cache:
+        return measure_costs(target, draft, MAX_K)
+    folder = kernel_cache(settings) / "costs"
+    key = cost_cache.cost_key(
+        target.spec.model_file, draft.spec.model_file if draft is not None else None, max_k=MAX_K,
+        kind=type(target).__name__, kernel=target.kernel, precision=target.precision, path=target.kernel_path,
+        min_rows=target.min_rows, threads=settings.intra_op_threads, draft_threads=settings.draft_intra_op_threads,
+        spinning=settings.allow_spinning)
+    cached = cost_cache.load(folder, key)
+    if cached is not None:
+        t = time.perf_counter()
+        factor = cost_cache.drift(cached, probe_costs(target, (1, MAX_K + 1)))
+        if cost_cache.usable(factor):
+            log.info("pass costs: cached curve %s x %.2f (checked in %.1f s)", key, factor, time.perf_counter() - t)
+            return cost_cache.rescaled(cached, factor)
+        log.info("pass costs: cached curve %s off by x %.2f: timing again", key, factor)
+    t = time.perf_counter()
+    cost = measure_costs(target, draft, MAX_K)
+    saved = cost_cache.save(folder, key, cost)
+    log.info("pass costs: timed in %.1f s%s", time.perf_counter() - t,
+             f", cached as {key}" if saved else f" ({folder} cannot be written: not cached)")
+    return cost
+
+
+def probe_costs(target, lengths: tuple[int, ...], prefix: int = 64, block: int = 5) -> dict[int, float]:
+    """Median seconds of a target pass over each of `lengths` tokens after `prefix` (the first two
+    passes of each block only warm up): a few passes to check a cached curve against."""
+    ids = (np.arange(prefix + max(lengths)) % 200 + 3).tolist()
+    target.reset()
+    target.prefill(ids[:prefix])
+    out = {n: float(np.median([timed_pass(target, ids[prefix:prefix + n]) for _ in range(block)][2:]))
+           for n in sorted(lengths, reverse=True)}
+    target.reset()
+    return out
 
 
 def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, repeats: int = 3,
