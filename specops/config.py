@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     memory_overhead_bytes: int = Field(256 * 2**20, ge=0,
                                        description="Python, onnxruntime, tokenizers and the server beyond "
                                                    "weights and caches (about 100 MiB measured, plus slack)")
+    memory_page_cache_bytes: int = Field(
+        128 * 2**20, ge=0, description="file pages in use besides the weights (shared libraries: onnxruntime, "
+        "numpy, Python; tokenizers), charged to the cgroup like the rest (scripts/pod_rehearsal.py measures it)")
+    memory_reclaim_margin: float = Field(
+        0.05, ge=0.0, le=0.5, description="share of the limit the plan keeps free: near the limit the kernel "
+        "reclaims file pages, mapped weights among them, which every pass then reads back (thrash)")
 
     # -- request limits (refused with 413 before any work) -------------------------------------
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30,

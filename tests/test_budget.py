@@ -138,10 +138,36 @@ def test_plan_for_takes_the_setting_over_the_cgroup_and_lowers_the_cap(specs, tm
     assert need.limit_bytes is None and need.fits and need.notes  # nothing to enforce, and it says so
     # A limit that leaves room for only part of the context: the cap comes down to fit.
     small = need.need_bytes - need.items["target KV cache"] // 2
-    plan = plan_for(Settings(memory_limit_bytes=small), *specs, **where)
+    bare = dict(memory_page_cache_bytes=0, memory_reclaim_margin=0.0)  # the arithmetic alone
+    plan = plan_for(Settings(memory_limit_bytes=small, **bare), *specs, **where)
     assert plan.lowered and plan.context_cap < specs[0].context_length and plan.need_bytes <= small
     with pytest.raises(BudgetError):
-        plan_for(Settings(memory_limit_bytes=small, memory_auto_context_cap=False), *specs, **where)
+        plan_for(Settings(memory_limit_bytes=small, memory_auto_context_cap=False, **bare), *specs, **where)
+
+
+def test_a_limit_keeps_page_cache_and_a_reclaim_margin_free(specs, tmp_path):
+    """With a limit, the plan holds the page cache in use and a share of the limit as items: a limit
+    that fits the arithmetic exactly lowers the cap, and the refusal names the thrash it avoids."""
+    where = fake_cgroup(tmp_path, "max\n")
+    exact = plan_for(Settings(memory_page_cache_bytes=0, memory_reclaim_margin=0.0), *specs, **where).need_bytes
+    settings = Settings(memory_limit_bytes=exact, memory_page_cache_bytes=64 * MiB, memory_reclaim_margin=0.05)
+    plan = plan_for(settings, *specs, **where)
+    assert plan.items["page cache in use"] == 64 * MiB and plan.items["reclaim margin"] == int(exact * 0.05)
+    assert plan.lowered and plan.need_bytes <= exact
+    with pytest.raises(BudgetError, match="thrash"):
+        plan_for(settings.model_copy(update={"memory_auto_context_cap": False}), *specs, **where)
+
+
+def test_the_seed_pair_in_4gi_with_the_reserves():
+    """Phi-3 int4 + TinyLlama int4 in 4Gi: 128 MiB of page cache and a 5% margin leave no useful
+    context (the rehearsal's 36 MiB of headroom thrashed); without the draft a longer one fits."""
+    reserves = (("page cache in use", 128 * MiB), ("reclaim margin", int(LIMIT * 0.05)))
+    bare = choose_plan(PHI3, INT4, limit_bytes=LIMIT, requested_context=4096, **KNOBS)
+    with pytest.raises(BudgetError, match="thrash"):
+        choose_plan(PHI3, INT4, limit_bytes=LIMIT, requested_context=4096, min_context=bare.context_cap,
+                    reserves=reserves, **KNOBS)
+    alone = choose_plan(PHI3, None, limit_bytes=LIMIT, requested_context=4096, reserves=reserves, **KNOBS)
+    assert alone.context_cap > bare.context_cap
 
 
 def test_a_prepack_marker_counts_mapped_weights_only_when_it_matches_this_machine(specs, tmp_path):
