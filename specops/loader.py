@@ -198,11 +198,22 @@ def probe_costs(target, lengths: tuple[int, ...], prefix: int = 64, block: int =
     return out
 
 
+def timed_lengths(max_k: int) -> list[int]:
+    """The pass lengths the sweep times: 1, and enough points from 2 to max_k + 1 for the line
+    `_smooth` fits through them (1, 2, 3, 5, 9, 17 for max_k 16: 6 lengths instead of 17)."""
+    ns, n = {1, 2, 3, max_k + 1}, 5
+    while n < max_k + 1:
+        ns.add(n)
+        n = 2 * n - 1
+    return sorted((n for n in ns if n <= max_k + 1), reverse=True)  # longest first
+
+
 def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, repeats: int = 3,
                   block: int = 6) -> CostModel:
-    """Time target passes over n = 1..max_k+1 tokens after `prefix` tokens, alone and right after
-    two draft passes (as in a draft round), and one draft pass. `target`: a Decoder or a slot
-    of the batch decoder.
+    """Time target passes over n tokens after `prefix` tokens (n from `timed_lengths`; the table
+    for every n = 1..max_k+1 comes from the line through them), alone and right after two draft
+    passes (as in a draft round), and one draft pass. `target`: a Decoder or a slot of the batch
+    decoder.
 
     A pass costs more right after a longer one (a 1-token pass 20% more after a 17-token pass,
     and for several passes), so each length is timed in a block of `block` passes, the first two
@@ -221,7 +232,7 @@ def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, r
     def draft_pass() -> float:
         return timed_pass(draft, ids[prefix:prefix + 1])
 
-    ns = range(max_k + 1, 0, -1)  # longest first
+    ns = timed_lengths(max_k)
     plain, after, drafts = {n: [] for n in ns}, {n: [] for n in ns}, []
     for _ in range(repeats):
         for n in ns:
@@ -234,23 +245,24 @@ def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, r
                         drafts += d
                         after[n].append(seconds)
     target.reset()
-    verify_s = _smooth({n: float(np.median(t)) for n, t in plain.items()})
+    verify_s = _smooth({n: float(np.median(t)) for n, t in plain.items()}, max_k + 1)
     if draft is None:
         return CostModel(verify_s=verify_s, draft_s=None)
     draft.reset()
     return CostModel(verify_s=verify_s, draft_s=float(np.median(drafts)),
-                     verify_after_draft_s=_smooth({n: float(np.median(t)) for n, t in after.items()}))
+                     verify_after_draft_s=_smooth({n: float(np.median(t)) for n, t in after.items()}, max_k + 1))
 
 
-def _smooth(medians: dict[int, float]) -> list[float]:
+def _smooth(medians: dict[int, float], longest: int | None = None) -> list[float]:
     """Per-length medians -> the table the cost model uses: one token as timed, two and more on
     the least-squares line through their medians. Beyond one token a pass grows linearly with
     its length (the int4 kernels' work per row; measured on the embedded target: 2.83, 4.75 and
     12.6 ms for 2, 5 and 17 tokens, 0.65 ms a token), and one noisy median of a shared machine
-    would otherwise skew which k the model picks."""
+    would otherwise skew which k the model picks. `longest`: the table runs to that length (the
+    lengths between timed ones read off the line); default the longest timed."""
     ns = sorted(medians)
     if len(ns) < 3:
         return [medians[n] for n in ns]
     slope, at2 = np.polyfit([n - 2 for n in ns[1:]], [medians[n] for n in ns[1:]], 1)
     slope = max(float(slope), 0.0)
-    return [medians[1]] + [max(float(at2) + slope * (n - 2), medians[1]) for n in ns[1:]]
+    return [medians[1]] + [max(float(at2) + slope * (n - 2), medians[1]) for n in range(2, (longest or ns[-1]) + 1)]

@@ -58,3 +58,11 @@ def test_a_second_load_reuses_the_timed_curve(tmp_path, caplog, monkeypatch):
     assert len(list((tmp_path / "costs").glob("*.json"))) == 1
     ratio = second.cost.verify_s[0] / first.cost.verify_s[0]
     assert second.cost.verify_s == pytest.approx([s * ratio for s in first.cost.verify_s])  # its shape kept
+
+
+def test_the_sweep_times_a_few_lengths_and_reads_the_rest_off_the_line():
+    from specops.loader import _smooth, timed_lengths
+
+    assert timed_lengths(16) == [17, 9, 5, 3, 2, 1] and timed_lengths(1) == [2, 1]
+    # 1 token as timed; 2..6 on the line through 2, 3, 5 (1 ms a token here)
+    assert _smooth({1: 3.0, 2: 4.0, 3: 5.0, 5: 7.0}, 6) == pytest.approx([3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
