@@ -122,7 +122,8 @@ class Sampler(threading.Thread):
 
 
 def memory_view(samples: list[dict], kernel_peak: int | None) -> dict:
-    """Peak charged bytes (kernel's and sampled) and the sample at the sampled peak, MiB."""
+    """Peak charged bytes (kernel's and sampled: page cache included, so up to the limit), the
+    sample at the sampled peak, and the largest working set (anon + mapped file), MiB."""
     if not samples:
         return {}
     top = max(samples, key=lambda s: s["usage"])
@@ -130,6 +131,9 @@ def memory_view(samples: list[dict], kernel_peak: int | None) -> dict:
     return {"peak_mib": mib(kernel_peak), "sampled_peak_mib": mib(top["usage"]),
             "at_sampled_peak_mib": {k: mib(top[k]) for k in ("anon", "file", "mapped_file")},
             "max_anon_mib": mib(max(s["anon"] for s in samples)),
+            # the working set that must stay resident: anonymous pages plus mapped files (page
+            # cache that is not mapped is reclaimed first and fills whatever the limit leaves)
+            "max_anon_plus_mapped_mib": mib(max(s["anon"] + s["mapped_file"] for s in samples)),
             "max_mapped_file_mib": mib(max(s["mapped_file"] for s in samples)),
             "end_mib": {k: mib(samples[-1][k]) for k in ("usage", "anon", "file", "mapped_file")}}
 

@@ -9,48 +9,25 @@ is checked with a few passes (`probe`: one token and K+1 tokens) and scaled by t
 the cached figures; when the check disagrees by more than `MAX_DRIFT` (another CPU model behind
 the same flags, a throttled node) the full sweep runs again and replaces it.
 
-Files: `<dir>/<key>.json`, written atomically; a directory that cannot be written (a read-only
-volume) is only read. Pure helpers plus small readers/writers; no onnxruntime here.
+Files: `<dir>/<key>.json` (runtime.timing_cache), written atomically; a directory that cannot be
+written (a read-only volume) is only read. No onnxruntime here.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 from .engine.adaptive import CostModel
+from .runtime import timing_cache
 
 MAX_DRIFT = 2.0  # a probe off by more than 2x either way: measure again
 VERSION = 1
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def file_identity(path: Path | None) -> list | None:
-    """A model file and its external data: names, sizes and modification times (cheap, and a
-    rewritten file changes them)."""
-    if path is None:
-        return None
-    files = sorted(p for p in path.parent.glob(path.name + "*") if p.is_file())
-    return [[p.name, p.stat().st_size, int(p.stat().st_mtime)] for p in files]
-
-
 def cost_key(target_file: Path, draft_file: Path | None, **settings) -> str:
-    """sha256 over the files' identities, the CPU and `settings` (threads, kernel, precision,
-    max_k, batch...), 24 hex digits."""
-    ident = {"v": VERSION, "target": file_identity(target_file), "draft": file_identity(draft_file),
-             "cpu": cpu_name(), "cpus": os.cpu_count(), **settings}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    """The key of a curve: the files' identities, the CPU and `settings` (threads, kernel,
+    precision, max_k, batch...)."""
+    return timing_cache.key_of(f"costs-v{VERSION}", target_file, draft_file, **settings)
 
 
 def to_json(cost: CostModel) -> dict:
@@ -63,22 +40,16 @@ def from_json(data: dict) -> CostModel:
 
 
 def load(folder: Path, key: str) -> CostModel | None:
+    data = timing_cache.load(folder, key)
     try:
-        return from_json(json.loads((folder / f"{key}.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+        return from_json(data) if data is not None else None
+    except (KeyError, TypeError, ValueError):
         return None
 
 
 def save(folder: Path, key: str, cost: CostModel) -> bool:
     """Write atomically; False when the folder cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(to_json(cost)))
-        os.replace(tmp, folder / f"{key}.json")
-        return True
-    except OSError:
-        return False
+    return timing_cache.save(folder, key, to_json(cost))
 
 
 def drift(cached: CostModel, probed: dict[int, float]) -> float:

@@ -3,6 +3,7 @@ passes and the rescaling (literal curves), and a second load of the small pair t
 curve the first one timed."""
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -56,6 +57,9 @@ def test_a_second_load_reuses_the_timed_curve(tmp_path, caplog, monkeypatch):
     assert any("timed in" in m and "cached as" in m for m in messages)
     assert any("cached curve" in m and "checked in" in m for m in messages)
     assert len(list((tmp_path / "costs").glob("*.json"))) == 1
+    if first.target.kernel == "tiled":  # the per-precision step times are kept beside the tiles
+        [timings] = (tmp_path / "timings").glob("*.json")
+        assert set(json.loads(timings.read_text())) == set(first.target.precision_ms)
     ratio = second.cost.verify_s[0] / first.cost.verify_s[0]
     assert second.cost.verify_s == pytest.approx([s * ratio for s in first.cost.verify_s])  # its shape kept
 

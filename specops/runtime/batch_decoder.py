@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import graph as rewrite
+from . import timing_cache
 from .decoder import SessionConfig, make_session, one_token_pass_differs
 from .graph import KERNEL_PRECISION, LOGITS_TO_KEEP, QUERY_SEQLENS
 from .kernel_paths import input_code, most_faithful_within, precision_report, precisions, served_paths
@@ -131,8 +132,12 @@ class BatchDecoder:
                                        f"{report[cfg.precision]}")
             return cfg.precision
         key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, available)
-        if key not in _TIMED:
-            _TIMED[key] = self.time_precisions(available, cfg.consistent)
+        if key not in _TIMED:  # then on disk (runtime.timing_cache), then timed here and kept
+            disk = timing_cache.key_of("precisions", self.spec.model_file, threads=cfg.intra_op_threads,
+                                       consistent=cfg.consistent, available=available)
+            _TIMED[key] = timing_cache.load(self._cache / "timings", disk) or self.time_precisions(
+                available, cfg.consistent)
+            timing_cache.save(self._cache / "timings", disk, _TIMED[key])
         self.precision_ms = dict(_TIMED[key])
         return most_faithful_within(self.precision_ms)
 
