@@ -12,9 +12,10 @@ The environment is the `specops` container's `env` in infra/k8s_deployment.yaml 
 `--env KEY=VALUE` overrides one variable, `--map /models=DIR` rewrites path prefixes (defaults:
 /models -> build/shapes-full, /cache -> build/rehearsal-cache, which persists so that tiles
 written once are reused), `--no-downward-limit` drops SPECOPS_MEMORY_LIMIT_BYTES so the service
-must find the limit in its own cgroup. The cgroup (scripts/pod_cgroup.py: v2 where the unified
-hierarchy has the memory controller, else v1) needs root; where none can be made the script
-says why and exits 2.
+must find the limit in its own cgroup. The model folders' (and kernel cache's) page cache is
+dropped first, so the pod's cgroup is charged for reading them as a fresh pod would be. The
+cgroup (scripts/pod_cgroup.py: v2 where the unified hierarchy has the memory controller, else
+v1) needs root; where none can be made the script says why and exits 2.
 
 Load: --clients loops of a mix (streamed /generate, streamed and plain chat, a prompt of half the
 context cap, a stream left after 3 tokens), ignore_eos where the API has it. Reported: ready
@@ -96,6 +97,27 @@ def server_env(pod: dict, overrides: list[str], maps: list[str], downward_limit:
 
 
 # -- the server in its cgroup ----------------------------------------------------------------
+def evict_page_cache(env: dict) -> int:
+    """Drop the model folders' clean, unmapped pages from the page cache (posix_fadvise
+    DONTNEED), so the server's cgroup is charged for reading them as a fresh pod's would be: a
+    page stays charged to the cgroup that first read it (a build or an earlier run here).
+    Returns the bytes of the files advised."""
+    total = 0
+    for key in ("SPECOPS_TARGET_MODEL", "SPECOPS_DRAFT_MODEL", "SPECOPS_KERNEL_CACHE_DIR"):
+        folder = Path(env.get(key, ""))
+        if not env.get(key) or env[key] == "none" or not folder.is_dir():
+            continue
+        for path in (p for p in folder.rglob("*") if p.is_file()):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += path.stat().st_size
+            finally:
+                os.close(fd)
+    return total
+
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -265,6 +287,7 @@ def load_summary(results: list[dict]) -> dict:
 # -- the run ---------------------------------------------------------------------------------
 def rehearse(env: dict, memory_bytes: int, cpus: float, minutes: float, clients: int, new_tokens: int,
              ready_timeout_s: float, seed: int = 0) -> dict:
+    evicted = evict_page_cache(env)
     box = Sandbox.create("specops-rehearsal", memory_bytes, cpus)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -277,7 +300,7 @@ def rehearse(env: dict, memory_bytes: int, cpus: float, minutes: float, clients:
                             preexec_fn=box.enter)
     report: dict = {"cgroup": {"version": box.version, "memory_dir": str(box.memory_dir),
                                "limit_mib": round(memory_bytes / MiB, 1), "cpus": cpus},
-                    "server_log": log.name}
+                    "server_log": log.name, "page_cache_evicted_mib": round(evicted / MiB, 1)}
     try:
         health = wait_ready(url, proc, ready_timeout_s)
         t_ready = time.monotonic()
