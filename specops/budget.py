@@ -18,7 +18,7 @@ the largest context cap that fits is searched for, since KV and scratch grow wit
 continuous batching the batch is lowered first (largest that fits at the requested cap), and the
 cap only when one sequence does not fit.
 
-Pure functions on `ModelFigures`, plus small readers: the cgroup limit, and a model folder's
+Pure functions on `ModelFigures`, plus small readers: the cgroup limit (specops.cgroup), and a model folder's
 file sizes and config (`figures_from_spec`). No onnxruntime here (decoder.py owns it).
 """
 from __future__ import annotations
@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+
+from .cgroup import read_memory_limit
 
 MiB = 1 << 20
 PREPACKED_MARKER = "prepacked.json"  # written by scripts/prepack_target.py
@@ -137,16 +139,18 @@ class MemoryPlan:
 def plan_memory(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes: int | None,
                 context_cap: int, prefill_chunk: int, overhead_bytes: int,
                 requested_context: int | None = None, notes: tuple[str, ...] = (), batch: int = 1,
-                requested_batch: int | None = None) -> MemoryPlan:
-    """The plan for one context cap and batch (no verdict logic: see `fits`, `choose_plan`)."""
+                requested_batch: int | None = None, reserves: tuple[tuple[str, int], ...] = ()) -> MemoryPlan:
+    """The plan for one context cap and batch (no verdict logic: see `fits`, `choose_plan`).
+    `reserves`: named bytes the limit must also leave free (page cache in use, reclaim margin)."""
     models = [m for m in (target, draft) if m is not None]
     items = {f"{m.name} weights": m.weight_bytes for m in models}
     times = f" x {batch}" if batch > 1 else ""
     items |= {f"{m.name} KV cache{times}": kv_cache_bytes(m, context_cap) * batch for m in models}
     items["prefill scratch"] = max(prefill_scratch_bytes(m, prefill_chunk, context_cap) for m in models)
     items["runtime overhead"] = overhead_bytes
+    items |= dict(reserves)
     # Loading goes target, then draft; caches are allocated lazily (calloc), so untouched then.
-    resident = overhead_bytes
+    resident = overhead_bytes + sum(b for _, b in reserves)
     peak = 0
     for m in models:
         peak = max(peak, resident + m.weight_bytes + m.load_extra_bytes)
@@ -156,12 +160,13 @@ def plan_memory(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes
 
 
 def largest_context_cap(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes: int,
-                        prefill_chunk: int, overhead_bytes: int, step: int = CAP_STEP) -> int:
+                        prefill_chunk: int, overhead_bytes: int, step: int = CAP_STEP,
+                        reserves: tuple[tuple[str, int], ...] = ()) -> int:
     """The largest multiple of `step` (<= the target's context) whose plan fits; 0 if none does.
     The need grows monotonically with the cap (KV, scratch), so a bisection over multiples finds it."""
     def fits(cap: int) -> bool:
         return plan_memory(target, draft, limit_bytes=limit_bytes, context_cap=cap, prefill_chunk=prefill_chunk,
-                           overhead_bytes=overhead_bytes).fits
+                           overhead_bytes=overhead_bytes, reserves=reserves).fits
 
     lo, hi = 0, target.context_length // step  # invariant: lo * step fits (or lo == 0), hi + 1 does not
     while lo < hi:
@@ -172,11 +177,12 @@ def largest_context_cap(target: ModelFigures, draft: ModelFigures | None, *, lim
 
 def choose_plan(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes: int | None,
                 requested_context: int, prefill_chunk: int, overhead_bytes: int, auto_cap: bool = True,
-                min_context: int = 256, notes: tuple[str, ...] = (), batch: int = 1) -> MemoryPlan:
+                min_context: int = 256, notes: tuple[str, ...] = (), batch: int = 1,
+                reserves: tuple[tuple[str, int], ...] = ()) -> MemoryPlan:
     """The plan at the requested cap and batch if it fits; else at the largest batch that fits
     at that cap (with a note saying why); else, one sequence, when `auto_cap`, at the largest
     cap that fits (>= `min_context`); else BudgetError with the numbers and what would help."""
-    args = dict(prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes, notes=notes)
+    args = dict(prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes, notes=notes, reserves=reserves)
     plan = plan_memory(target, draft, limit_bytes=limit_bytes, context_cap=requested_context,
                        requested_context=requested_context, batch=batch, **args)
     if plan.fits:
@@ -193,9 +199,9 @@ def choose_plan(target: ModelFigures, draft: ModelFigures | None, *, limit_bytes
         notes = notes + (f"max_batch lowered from {batch} to 1: no batch fits at context cap {requested_context}",)
         return replace(choose_plan(target, draft, limit_bytes=limit_bytes, requested_context=requested_context,
                                    prefill_chunk=prefill_chunk, overhead_bytes=overhead_bytes, auto_cap=auto_cap,
-                                   min_context=min_context, notes=notes), requested_batch=batch)
+                                   min_context=min_context, notes=notes, reserves=reserves), requested_batch=batch)
     cap = largest_context_cap(target, draft, limit_bytes=limit_bytes, prefill_chunk=prefill_chunk,
-                              overhead_bytes=overhead_bytes) if auto_cap else 0
+                              overhead_bytes=overhead_bytes, reserves=reserves) if auto_cap else 0
     if auto_cap and cap >= min_context:
         lowered = plan_memory(target, draft, limit_bytes=limit_bytes, context_cap=cap,
                               requested_context=requested_context, **args)
@@ -217,6 +223,10 @@ def _refusal(plan: MemoryPlan, best_cap: int | None, min_context: int, target: M
     else:
         why.append(f"the largest cap that fits is {best_cap} tokens, below the minimum of {min_context} "
                    "(SPECOPS_MEMORY_MIN_CONTEXT)")
+    kept = {k: v for k, v in plan.items.items() if k in ("page cache in use", "reclaim margin")}
+    if kept:
+        why.append("the plan keeps " + " and ".join(f"{v / MiB:.0f} MiB for {k}" for k, v in kept.items())
+                   + " free: without them mapped weights are reclaimed and read back every pass (thrash)")
     if plan.load_peak_bytes > plan.limit_bytes:
         heavy = ", ".join(m.name for m in (target, draft) if m is not None and m.load_extra_bytes)
         why.append(f"loading alone peaks at {plan.load_peak_bytes / MiB:.0f} MiB"
@@ -229,21 +239,6 @@ def _refusal(plan: MemoryPlan, best_cap: int | None, min_context: int, target: M
 
 
 # -- readers: the container limit and a model folder's figures ---------------------------------
-def read_cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """The container's memory limit in bytes: cgroup v2 `memory.max`, else v1
-    `memory/memory.limit_in_bytes`; None when unlimited or not readable."""
-    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            continue
-        if text == "max":
-            return None
-        value = int(text)
-        return None if value >= 1 << 60 else value  # v1 says "unlimited" with a huge number
-    return None
-
-
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -305,13 +300,14 @@ def figures_from_spec(spec, name: str, tiled: bool = False) -> tuple[ModelFigure
         attn_copies=1 if spec.layout == "builder" else 2), note  # the builder fuses attention (GQA)
 
 
-def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/sys/fs/cgroup"),
-             target_kernel: str = "stock") -> MemoryPlan:
+def plan_for(settings, target_spec, draft_spec=None, target_kernel: str = "stock",
+             proc_self: Path = Path("/proc/self"), fs_root: Path = Path("/")) -> MemoryPlan:
     """The start-up memory check. Call it after reading the model folders, before opening sessions.
 
     - settings: `specops.config.Settings`; reads max_batch, context_length (0 = the target's own),
-      prefill_chunk, memory_limit_bytes (0 = the cgroup's memory.max), memory_overhead_bytes,
-      memory_auto_context_cap and memory_min_context.
+      prefill_chunk, memory_limit_bytes (0 = the limit of this process's own cgroup, v1 or v2, the
+      smallest on the way up from the path /proc/self/cgroup names), memory_overhead_bytes,
+      memory_page_cache_bytes, memory_reclaim_margin, memory_auto_context_cap and memory_min_context.
     - target_spec, draft_spec: `ModelSpec`s from `read_model_folder`; draft_spec None = no draft.
     - target_kernel: "tiled" when the target will run on the tiled kernel (runtime.kernels.resolve).
     - Returns a `MemoryPlan`. Load with `plan.context_cap` as the cap, e.g.
@@ -320,17 +316,32 @@ def plan_for(settings, target_spec, draft_spec=None, cgroup_root: Path = Path("/
       `str(plan)` is the full table. With no limit anywhere, the plan is returned as it is (fits).
     - Raises `BudgetError` (a ValueError) whose message gives the reason, the numbers and what
       would help, when the plan cannot fit and the cap may not (or cannot) be lowered enough.
+    - proc_self, fs_root: where /proc/self and / are (a fake tree in tests).
     Reads only files: model folder sizes and configs, the prepack marker, the cgroup limit.
     """
     target, note_t = figures_from_spec(target_spec, "target", tiled=target_kernel == "tiled")
     draft, note_d = figures_from_spec(draft_spec, "draft") if draft_spec is not None else (None, None)
-    limit = settings.memory_limit_bytes or read_cgroup_memory_limit(cgroup_root)
     notes = tuple(n for n in (note_t, note_d) if n)
+    limit = settings.memory_limit_bytes or None
     if limit is None:
-        notes += ("no memory limit set or found in the cgroup: nothing enforced",)
+        found = read_memory_limit(proc_self, fs_root)
+        limit = found[0] if found else None
+        notes += (f"memory limit from the cgroup {found[1]}",) if found else (
+            "no memory limit set or found in this process's cgroup: nothing enforced",)
     return choose_plan(target, draft, limit_bytes=limit,
                        requested_context=min(settings.context_length or target.context_length,
                                              target.context_length),
                        prefill_chunk=settings.prefill_chunk, overhead_bytes=settings.memory_overhead_bytes,
                        auto_cap=settings.memory_auto_context_cap, min_context=settings.memory_min_context,
-                       notes=notes, batch=settings.max_batch)
+                       notes=notes, batch=settings.max_batch, reserves=reserves_for(settings, limit))
+
+
+def reserves_for(settings, limit: int | None) -> tuple[tuple[str, int], ...]:
+    """What a limit must leave free beyond weights, caches and overhead: the page cache the process
+    keeps using, and a reclaim margin (a share of the limit). Without them a plan can fit on paper
+    and thrash in the cgroup: mapped weights reclaimed and read back every pass (issue 23's
+    rehearsal: 1,000-8,000 major faults per token at 36 MiB of headroom in 4Gi)."""
+    if limit is None:
+        return ()
+    return (("page cache in use", settings.memory_page_cache_bytes),
+            ("reclaim margin", int(limit * settings.memory_reclaim_margin)))

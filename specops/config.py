@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     kernel_cache_dir: str = Field("", description="where the tiled kernel's library and the tiled copies of the "
                                   "weights are kept (a model's tiles: about its weights' size); empty = "
                                   "<model_cache_dir>/kernels")
+    cost_cache: bool = Field(True, description="keep the start-up pass-cost curve per model file, CPU and settings "
+                             "(in the kernel cache folder) and, on a restart, check it with a few passes instead "
+                             "of timing 17 lengths again (specops/cost_cache.py)")
     consistent_passes: Literal["auto", "on", "off"] = Field(
         "auto", description="run one-token target passes as two-row passes, so that plain steps and verify "
         "passes compute alike and speculative greedy output equals target-only output bit for bit; auto: "
@@ -97,14 +100,22 @@ class Settings(BaseSettings):
                                      "often (the first chunk at once); 0 = one event per round")
 
     # -- memory budget (specops.budget: checked at start, shown in /health) -------------------
-    memory_limit_bytes: int = Field(0, ge=0, description="memory the process may use; 0 = the cgroup's memory.max")
+    memory_limit_bytes: int = Field(0, ge=0, description="memory the process may use; 0 = the limit of its own cgroup "
+                                    "(v1 or v2, the smallest from /proc/self/cgroup's path up)")
     memory_auto_context_cap: bool = Field(
         True, description="lower the context cap until the plan fits the memory limit, instead of refusing")
     memory_min_context: int = Field(256, ge=16, le=131072,
                                     description="smallest context cap worth serving; a plan below it is refused")
-    memory_overhead_bytes: int = Field(256 * 2**20, ge=0,
+    memory_overhead_bytes: int = Field(288 * 2**20, ge=0,
                                        description="Python, onnxruntime, tokenizers and the server beyond "
-                                                   "weights and caches (about 100 MiB measured, plus slack)")
+                                                   "weights, caches and scratch (measured in a cgroup under load: "
+                                                   "283 MiB with the small pair, about 250 with Phi-3 tiled)")
+    memory_page_cache_bytes: int = Field(
+        128 * 2**20, ge=0, description="file pages in use besides the weights (shared libraries: onnxruntime, "
+        "numpy, Python; tokenizers), charged to the cgroup like the rest (scripts/pod_rehearsal.py measures it)")
+    memory_reclaim_margin: float = Field(
+        0.05, ge=0.0, le=0.5, description="share of the limit the plan keeps free: near the limit the kernel "
+        "reclaims file pages, mapped weights among them, which every pass then reads back (thrash)")
 
     # -- request limits (refused with 413 before any work) -------------------------------------
     max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30,

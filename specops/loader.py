@@ -1,12 +1,14 @@
 """Settings -> a ready Engine: read folders, open sessions, bridge vocabularies, calibrate."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import cost_cache
 from .config import Settings
 from .engine.adaptive import CostModel
 from .engine.batch import BatchEngine
@@ -22,6 +24,7 @@ from .speculators.ngram import NgramSpeculator
 from .speculators.vocab_bridge import VocabBridge
 
 MAX_K = 16
+log = logging.getLogger("specops.loader")
 
 
 @dataclass
@@ -119,7 +122,7 @@ def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: 
     engine = Engine(target, tokenizer, draft, NgramSpeculator(settings.ngram_min, settings.ngram_max),
                     prefill_chunk=settings.prefill_chunk)
     if calibrate:
-        engine.cost = measure_costs(target, draft.decoder if draft is not None else None, MAX_K)
+        engine.cost = calibrated_costs(settings, target, draft.decoder if draft is not None else None)
     return engine
 
 
@@ -143,7 +146,7 @@ def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calib
         def make_draft() -> DraftModelSpeculator:
             decoder = spare.pop() if spare else Decoder(draft_spec, capacity=batch.capacity, session=first.session)
             return DraftModelSpeculator(decoder, bridge)
-    cost = (measure_costs(SlotDecoder(batch, 0), first, MAX_K) if calibrate
+    cost = (calibrated_costs(settings, SlotDecoder(batch, 0), first) if calibrate
             else CostModel(verify_s=[1.0], draft_s=0.0 if first is not None else None))
     engine = BatchEngine(batch, tokenizer, cost, make_draft, (settings.ngram_min, settings.ngram_max),
                          settings.prefill_chunk)
@@ -161,11 +164,61 @@ def timed_pass(decoder: Decoder, ids) -> float:
     return seconds
 
 
+def calibrated_costs(settings: Settings, target, draft: Decoder | None) -> CostModel:
+    """`measure_costs`, or the curve cached for this model file, CPU and settings, checked by a
+    few passes and scaled to them (specops.cost_cache); a fresh sweep is cached for next time."""
+    if not settings.cost_cache:
+        return measure_costs(target, draft, MAX_K)
+    folder = kernel_cache(settings) / "costs"
+    key = cost_cache.cost_key(
+        target.spec.model_file, draft.spec.model_file if draft is not None else None, max_k=MAX_K,
+        kind=type(target).__name__, kernel=target.kernel, precision=target.precision, path=target.kernel_path,
+        min_rows=target.min_rows, threads=settings.intra_op_threads, draft_threads=settings.draft_intra_op_threads,
+        spinning=settings.allow_spinning)
+    cached = cost_cache.load(folder, key)
+    if cached is not None:
+        t = time.perf_counter()
+        factor = cost_cache.drift(cached, probe_costs(target, (1, MAX_K + 1)))
+        if cost_cache.usable(factor):
+            log.info("pass costs: cached curve %s x %.2f (checked in %.1f s)", key, factor, time.perf_counter() - t)
+            return cost_cache.rescaled(cached, factor)
+        log.info("pass costs: cached curve %s off by x %.2f: timing again", key, factor)
+    t = time.perf_counter()
+    cost = measure_costs(target, draft, MAX_K)
+    saved = cost_cache.save(folder, key, cost)
+    log.info("pass costs: timed in %.1f s%s", time.perf_counter() - t,
+             f", cached as {key}" if saved else f" ({folder} cannot be written: not cached)")
+    return cost
+
+
+def probe_costs(target, lengths: tuple[int, ...], prefix: int = 64, block: int = 5) -> dict[int, float]:
+    """Median seconds of a target pass over each of `lengths` tokens after `prefix` (the first two
+    passes of each block only warm up): a few passes to check a cached curve against."""
+    ids = (np.arange(prefix + max(lengths)) % 200 + 3).tolist()
+    target.reset()
+    target.prefill(ids[:prefix])
+    out = {n: float(np.median([timed_pass(target, ids[prefix:prefix + n]) for _ in range(block)][2:]))
+           for n in sorted(lengths, reverse=True)}
+    target.reset()
+    return out
+
+
+def timed_lengths(max_k: int) -> list[int]:
+    """The pass lengths the sweep times: 1, and enough points from 2 to max_k + 1 for the line
+    `_smooth` fits through them (1, 2, 3, 5, 9, 17 for max_k 16: 6 lengths instead of 17)."""
+    ns, n = {1, 2, 3, max_k + 1}, 5
+    while n < max_k + 1:
+        ns.add(n)
+        n = 2 * n - 1
+    return sorted((n for n in ns if n <= max_k + 1), reverse=True)  # longest first
+
+
 def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, repeats: int = 3,
                   block: int = 6) -> CostModel:
-    """Time target passes over n = 1..max_k+1 tokens after `prefix` tokens, alone and right after
-    two draft passes (as in a draft round), and one draft pass. `target`: a Decoder or a slot
-    of the batch decoder.
+    """Time target passes over n tokens after `prefix` tokens (n from `timed_lengths`; the table
+    for every n = 1..max_k+1 comes from the line through them), alone and right after two draft
+    passes (as in a draft round), and one draft pass. `target`: a Decoder or a slot of the batch
+    decoder.
 
     A pass costs more right after a longer one (a 1-token pass 20% more after a 17-token pass,
     and for several passes), so each length is timed in a block of `block` passes, the first two
@@ -184,7 +237,7 @@ def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, r
     def draft_pass() -> float:
         return timed_pass(draft, ids[prefix:prefix + 1])
 
-    ns = range(max_k + 1, 0, -1)  # longest first
+    ns = timed_lengths(max_k)
     plain, after, drafts = {n: [] for n in ns}, {n: [] for n in ns}, []
     for _ in range(repeats):
         for n in ns:
@@ -197,23 +250,24 @@ def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, r
                         drafts += d
                         after[n].append(seconds)
     target.reset()
-    verify_s = _smooth({n: float(np.median(t)) for n, t in plain.items()})
+    verify_s = _smooth({n: float(np.median(t)) for n, t in plain.items()}, max_k + 1)
     if draft is None:
         return CostModel(verify_s=verify_s, draft_s=None)
     draft.reset()
     return CostModel(verify_s=verify_s, draft_s=float(np.median(drafts)),
-                     verify_after_draft_s=_smooth({n: float(np.median(t)) for n, t in after.items()}))
+                     verify_after_draft_s=_smooth({n: float(np.median(t)) for n, t in after.items()}, max_k + 1))
 
 
-def _smooth(medians: dict[int, float]) -> list[float]:
+def _smooth(medians: dict[int, float], longest: int | None = None) -> list[float]:
     """Per-length medians -> the table the cost model uses: one token as timed, two and more on
     the least-squares line through their medians. Beyond one token a pass grows linearly with
     its length (the int4 kernels' work per row; measured on the embedded target: 2.83, 4.75 and
     12.6 ms for 2, 5 and 17 tokens, 0.65 ms a token), and one noisy median of a shared machine
-    would otherwise skew which k the model picks."""
+    would otherwise skew which k the model picks. `longest`: the table runs to that length (the
+    lengths between timed ones read off the line); default the longest timed."""
     ns = sorted(medians)
     if len(ns) < 3:
         return [medians[n] for n in ns]
     slope, at2 = np.polyfit([n - 2 for n in ns[1:]], [medians[n] for n in ns[1:]], 1)
     slope = max(float(slope), 0.0)
-    return [medians[1]] + [max(float(at2) + slope * (n - 2), medians[1]) for n in ns[1:]]
+    return [medians[1]] + [max(float(at2) + slope * (n - 2), medians[1]) for n in range(2, (longest or ns[-1]) + 1)]

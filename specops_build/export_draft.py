@@ -91,10 +91,11 @@ class ExplicitCacheLlama(nn.Module):
         return (logits, *presents)
 
 
-def export_optimum_style(hf, path: Path) -> None:
-    """fp32 ONNX export of `hf` (a LlamaForCausalLM) to `path`."""
+def export_optimum_style(hf, path: Path, wrapper: nn.Module | None = None) -> None:
+    """fp32 ONNX export of `hf` (a LlamaForCausalLM) to `path`; `wrapper`: an ExplicitCacheLlama
+    of it built elsewhere (the shape models share one layer's modules across layers)."""
     cfg = hf.config
-    wrapper = ExplicitCacheLlama(hf).eval()
+    wrapper = (wrapper or ExplicitCacheLlama(hf)).eval()
     layers, kv, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, wrapper.head_dim
     past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     present_names = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]

@@ -11,6 +11,14 @@ Phi-3-mini int4 and TinyLlama int4 on a machine without downloading either. Reci
    initializers (the file stays small), but each MatMulNBits node prepacks its own copy at load,
    so a pass reads as many weight bytes as the real model's.
 
+With `materialize=True` (scripts/build_shape_models.py --materialize) every layer gets its own
+weights (specops_build.materialize): full-size folders for memory rehearsals (Phi-3-mini int4
+about 2.7 GB). `build_optimum_draft` writes TinyLlama int4 in the Optimum layout production
+uses for the draft (position_ids, past_key_values.%d.*, MatMulNBits from onnxruntime's quantizer,
+int4 embedding: about 0.7 GB): a 2-layer random checkpoint whose later layers all reference
+layer 1's modules, exported by specops_build.export_draft (torch keeps one copy of a shared
+weight), quantized, then materialized.
+
 Logits are noise: never serve these.
 """
 from __future__ import annotations
@@ -122,8 +130,9 @@ def repeat_layers(model_file: Path, depth: int) -> None:
     onnx.save(model, str(model_file))
 
 
-def build(shape: Shape, out: Path, work: Path, log=print) -> Path:
-    """Build the shape model into `out` (replaced if present); returns the folder."""
+def build(shape: Shape, out: Path, work: Path, log=print, materialize: bool = False) -> Path:
+    """Build the shape model into `out` (replaced if present); returns the folder.
+    `materialize`: every layer with its own weights (full size on disk)."""
     work.mkdir(parents=True, exist_ok=True)
     hf, two = work / f"{shape.name}-hf", work / f"{shape.name}-2l"
     shutil.rmtree(two, ignore_errors=True)
@@ -134,12 +143,64 @@ def build(shape: Shape, out: Path, work: Path, log=print) -> Path:
     shutil.rmtree(hf, ignore_errors=True)
     log(f"{shape.name}: layer 1 repeated to {shape.layers} layers")
     repeat_layers(two / "model.onnx", shape.layers)
+    if materialize:
+        from .materialize import materialize as own_weights
+
+        own_weights(two / "model.onnx", "model.onnx.data", log=lambda msg: log(f"{shape.name}: {msg}"))
     cfg_path = two / "genai_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["decoder"]["num_hidden_layers"] = shape.layers
-    cfg["model"]["shape_model"] = "random weights, layers repeated: for timing only (specops_build.shape_models)"
+    cfg["model"]["shape_model"] = ("random weights, every layer its own: for timing and memory only" if materialize
+                                   else "random weights, layers repeated: for timing only") + \
+        " (specops_build.shape_models)"
     cfg_path.write_text(json.dumps(cfg, indent=4) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(two), str(out))
     return out
+
+
+def build_optimum_draft(shape: Shape, out: Path, work: Path, log=print) -> Path:
+    """TinyLlama-shaped int4 draft in the Optimum layout, every layer its own weights, into `out`."""
+    import torch
+    from torch import nn
+    from transformers import LlamaForCausalLM
+
+    from .export_draft import ExplicitCacheLlama, export_optimum_style, quantize_int4
+    from .materialize import materialize
+
+    work.mkdir(parents=True, exist_ok=True)
+    hf, onnx_dir = work / f"{shape.name}-hf", work / f"{shape.name}-optimum"
+    shutil.rmtree(onnx_dir, ignore_errors=True)
+    onnx_dir.mkdir(parents=True)
+    log(f"{shape.name}: random 2-layer checkpoint, layers 2..{shape.layers - 1} referencing layer 1")
+    write_hf(shape, hf)
+    model = LlamaForCausalLM.from_pretrained(hf).eval()
+    first, second = model.model.layers
+    model.model.layers = nn.ModuleList([first] + [second] * (shape.layers - 1))
+    model.config.num_hidden_layers = shape.layers
+
+    wrapper = ExplicitCacheLlama(model)
+    for i in range(2, shape.layers):  # its fused qkv / gate_up are shared too (one copy in the export)
+        wrapper.qkv[i], wrapper.gate_up[i] = wrapper.qkv[1], wrapper.gate_up[1]
+    log(f"{shape.name}: Optimum-layout export (torch.onnx), int4 quantization, own weights per layer")
+    with torch.no_grad():
+        export_optimum_style(model, onnx_dir / "model_fp32.onnx", wrapper)
+    quantize_int4(onnx_dir / "model_fp32.onnx", onnx_dir / "model.onnx")
+    materialize(onnx_dir / "model.onnx", "model.onnx_data", log=lambda msg: log(f"{shape.name}: {msg}"))
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for name in ("model.onnx", "model.onnx_data"):
+        shutil.move(str(onnx_dir / name), str(out / name))
+    cfg = model.config.to_dict()
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["shape_model"] = "random weights, every layer its own: for timing and memory only (specops_build.shape_models)"
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+    for name in TOKENIZER_FILES:
+        if (shape.tokenizer_from / name).exists():
+            shutil.copy(shape.tokenizer_from / name, out / name)
+    shutil.rmtree(hf, ignore_errors=True)
+    shutil.rmtree(onnx_dir, ignore_errors=True)
+    return out
+

@@ -1,5 +1,5 @@
 """The memory plan: DESIGN.md section 3's figures for Phi-3-mini int4 + TinyLlama, the 4Gi
-verdicts, the context cap it solves for, the cgroup reader, and the embedded pair."""
+verdicts, the context cap it solves for, and the embedded pair (the cgroup reader: test_cgroup.py)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from specops.budget import (PREPACKED_MARKER, BudgetError, ModelFigures, choose_plan, cpu_isa,
                             figures_from_spec, kv_bytes_per_token, kv_cache_bytes, largest_context_cap,
-                            plan_for, plan_memory, read_cgroup_memory_limit)
+                            plan_for, plan_memory)
 from specops.config import Settings
 from specops.runtime.model_folder import read_model_folder
 
@@ -107,45 +107,67 @@ def test_plan_reports_for_health_and_log():
     assert "= steady state" in str(plan)
 
 
-# -- the cgroup limit ----------------------------------------------------------------------------
-@pytest.mark.parametrize("files, expected", [
-    ({"memory.max": "4294967296\n"}, 4 * GiB),
-    ({"memory.max": "max\n"}, None),
-    ({"memory/memory.limit_in_bytes": "2147483648\n"}, 2 * GiB),  # cgroup v1
-    ({"memory/memory.limit_in_bytes": "9223372036854771712\n"}, None),  # v1 "unlimited"
-    ({}, None),
-])
-def test_read_cgroup_memory_limit(tmp_path, files, expected):
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert read_cgroup_memory_limit(tmp_path) == expected
-
-
 # -- plan_for on real folders --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def specs(target_folder, draft_folder):
     return read_model_folder(target_folder, verify=False), read_model_folder(draft_folder, verify=False)
 
 
+def fake_cgroup(tmp_path, limit: str):
+    """A cgroup v2 tree where this process sits in /pod/ctr and the pod's cgroup sets `limit`."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text("0::/pod/ctr\n")
+    (tmp_path / "proc/self/mountinfo").write_text("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+    (tmp_path / "sys/fs/cgroup/pod/ctr").mkdir(parents=True)
+    (tmp_path / "sys/fs/cgroup/pod/memory.max").write_text(limit)
+    (tmp_path / "sys/fs/cgroup/pod/ctr/memory.max").write_text("max\n")
+    return dict(proc_self=tmp_path / "proc/self", fs_root=tmp_path)
+
+
 def test_the_embedded_pair_fits_easily(specs, tmp_path):
-    (tmp_path / "memory.max").write_text(f"{LIMIT}\n")
-    plan = plan_for(Settings(), *specs, cgroup_root=tmp_path)
+    plan = plan_for(Settings(), *specs, **fake_cgroup(tmp_path, f"{LIMIT}\n"))
     assert plan.limit_bytes == LIMIT and plan.fits and not plan.lowered
+    assert f"memory limit from the cgroup {tmp_path / 'sys/fs/cgroup/pod'}" in plan.notes
     assert plan.context_cap == specs[0].context_length
     assert plan.need_bytes < LIMIT / 4
 
 
 def test_plan_for_takes_the_setting_over_the_cgroup_and_lowers_the_cap(specs, tmp_path):
-    (tmp_path / "memory.max").write_text("max\n")
-    need = plan_for(Settings(), *specs, cgroup_root=tmp_path)
+    where = fake_cgroup(tmp_path, "max\n")
+    need = plan_for(Settings(), *specs, **where)
     assert need.limit_bytes is None and need.fits and need.notes  # nothing to enforce, and it says so
     # A limit that leaves room for only part of the context: the cap comes down to fit.
     small = need.need_bytes - need.items["target KV cache"] // 2
-    plan = plan_for(Settings(memory_limit_bytes=small), *specs, cgroup_root=tmp_path)
+    bare = dict(memory_page_cache_bytes=0, memory_reclaim_margin=0.0)  # the arithmetic alone
+    plan = plan_for(Settings(memory_limit_bytes=small, **bare), *specs, **where)
     assert plan.lowered and plan.context_cap < specs[0].context_length and plan.need_bytes <= small
     with pytest.raises(BudgetError):
-        plan_for(Settings(memory_limit_bytes=small, memory_auto_context_cap=False), *specs, cgroup_root=tmp_path)
+        plan_for(Settings(memory_limit_bytes=small, memory_auto_context_cap=False, **bare), *specs, **where)
+
+
+def test_a_limit_keeps_page_cache_and_a_reclaim_margin_free(specs, tmp_path):
+    """With a limit, the plan holds the page cache in use and a share of the limit as items: a limit
+    that fits the arithmetic exactly lowers the cap, and the refusal names the thrash it avoids."""
+    where = fake_cgroup(tmp_path, "max\n")
+    exact = plan_for(Settings(memory_page_cache_bytes=0, memory_reclaim_margin=0.0), *specs, **where).need_bytes
+    settings = Settings(memory_limit_bytes=exact, memory_page_cache_bytes=64 * MiB, memory_reclaim_margin=0.05)
+    plan = plan_for(settings, *specs, **where)
+    assert plan.items["page cache in use"] == 64 * MiB and plan.items["reclaim margin"] == int(exact * 0.05)
+    assert plan.lowered and plan.need_bytes <= exact
+    with pytest.raises(BudgetError, match="thrash"):
+        plan_for(settings.model_copy(update={"memory_auto_context_cap": False}), *specs, **where)
+
+
+def test_the_seed_pair_in_4gi_with_the_reserves():
+    """Phi-3 int4 + TinyLlama int4 in 4Gi: 128 MiB of page cache and a 5% margin leave no useful
+    context (the rehearsal's 36 MiB of headroom thrashed); without the draft a longer one fits."""
+    reserves = (("page cache in use", 128 * MiB), ("reclaim margin", int(LIMIT * 0.05)))
+    bare = choose_plan(PHI3, INT4, limit_bytes=LIMIT, requested_context=4096, **KNOBS)
+    with pytest.raises(BudgetError, match="thrash"):
+        choose_plan(PHI3, INT4, limit_bytes=LIMIT, requested_context=4096, min_context=bare.context_cap,
+                    reserves=reserves, **KNOBS)
+    alone = choose_plan(PHI3, None, limit_bytes=LIMIT, requested_context=4096, reserves=reserves, **KNOBS)
+    assert alone.context_cap > bare.context_cap
 
 
 def test_a_prepack_marker_counts_mapped_weights_only_when_it_matches_this_machine(specs, tmp_path):

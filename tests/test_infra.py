@@ -147,8 +147,8 @@ def test_security_context_and_writable_mounts(pod, container, env):
     for path in (env["SPECOPS_MODEL_CACHE_DIR"], env["HF_HOME"]):
         assert any(path.startswith(w + "/") for w in writable), f"{path} is on the read-only root"
     models = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "models"]
-    for path in (env["SPECOPS_TARGET_MODEL"], env["SPECOPS_DRAFT_MODEL"]):
-        assert any(path.startswith(m + "/") for m in models)
+    for path in (env["SPECOPS_TARGET_MODEL"], env["SPECOPS_DRAFT_MODEL"], env["SPECOPS_KERNEL_CACHE_DIR"]):
+        assert path == "none" or any(path.startswith(m + "/") for m in models)
 
 
 def test_prometheus_scrape_annotations_point_at_metrics(pod, container, served):
@@ -188,8 +188,12 @@ def test_service_and_pdb_select_the_pods(pod, container):
 def test_prep_job_writes_the_folders_the_deployment_reads(env):
     job = only("Job", "model-prep-job.yaml")
     script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    for path in (env["SPECOPS_TARGET_MODEL"], env["SPECOPS_DRAFT_MODEL"]):
-        assert "prepack_target.py" in script and path in script
+    for path in (env["SPECOPS_TARGET_MODEL"], env["SPECOPS_KERNEL_CACHE_DIR"]):
+        assert path in script
+    # the tiles and pass costs are written with the replicas' own settings
+    for name in ("SPECOPS_KERNEL", "SPECOPS_INTRA_OP_THREADS", "SPECOPS_ALLOW_SPINNING", "SPECOPS_MAX_BATCH"):
+        assert f"{name}={env[name]} " in script
+    assert env["SPECOPS_DRAFT_MODEL"] == "none" or env["SPECOPS_DRAFT_MODEL"] in script
     claim = only("PersistentVolumeClaim", "model-prep-job.yaml")["metadata"]["name"]
     volumes = only("Deployment")["spec"]["template"]["spec"]["volumes"]
     assert claim in {v.get("persistentVolumeClaim", {}).get("claimName") for v in volumes}

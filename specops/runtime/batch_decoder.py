@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from . import graph as rewrite
 from . import ragged as ragged_graph
+from . import timing_cache
 from .decoder import SessionConfig, make_session, one_token_pass_differs
 from .graph import KERNEL_PRECISION, LOGITS_TO_KEEP, QUERY_SEQLENS
 from .kernel_paths import FAITHFUL, input_code, most_faithful_within, precision_report, precisions, served_paths
@@ -166,9 +167,13 @@ class BatchDecoder:
         candidates = tuple(p for p in available if p in FAITHFUL)
         if not candidates:
             raise ModelFolderError(f"{self.spec.model_file}: neither fp32 nor int8x3 activations can run here: {report}")
-        key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, candidates)
-        if key not in _TIMED:
-            _TIMED[key] = self.time_precisions(candidates, cfg.consistent)
+        key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, candidates, self.ragged)
+        if key not in _TIMED:  # then on disk (runtime.timing_cache), then timed here and kept
+            disk = timing_cache.key_of("precisions", self.spec.model_file, threads=cfg.intra_op_threads,
+                                       consistent=cfg.consistent, available=candidates, ragged=self.ragged)
+            _TIMED[key] = timing_cache.load(self._cache / "timings", disk) or self.time_precisions(
+                candidates, cfg.consistent)
+            timing_cache.save(self._cache / "timings", disk, _TIMED[key])
         self.precision_ms = dict(_TIMED[key])
         return most_faithful_within(self.precision_ms)
 
