@@ -79,6 +79,8 @@ def test_regex_and_grammar_on_every_endpoint(oai, client):
     assert re.fullmatch("(19|20)[0-9]{2}", r.choices[0].text)
     g = client.post("/generate", json={"prompt": "Pick:", "grammar": 'root ::= "red" | "green" | "blue"'}).json()
     assert g["generated_text"] in ("red", "green", "blue") and g["finish_reason"] == "stop"
+    forced = client.post("/generate", json={"prompt": "Say:", "regex": "Answer:\n(c|d)", "speculator": "ngram"}).json()
+    assert forced["generated_text"] in ("Answer:\nc", "Answer:\nd") and forced["forced_tokens"] > 0
     lark = chat(oai, max_tokens=8, extra_body={"grammar": 'start: "yes" | "no"'})
     assert lark.choices[0].message.content in ("yes", "no")
 

@@ -45,7 +45,7 @@ def _specops_stats(done: Finished) -> dict:
     return {"speculator": s.speculator, "tokens_per_second": round(s.tokens_per_second, 3),
             "avg_tokens_per_jump": round(s.tokens_per_jump, 4), "acceptance_rate": round(s.acceptance_rate, 4),
             "latency_ms": round(done.latency_s * 1000, 3), "ttft_ms": round(done.ttft_s * 1000, 3),
-            "finish_reason": done.result.finish_reason}
+            "forced_tokens": s.forced_accepted, "finish_reason": done.result.finish_reason}
 
 
 def _check_model(req: OpenAIFields, service: Service) -> None:

@@ -72,7 +72,7 @@ def generate_response(done: Finished) -> dict:
         usage={"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens,
                "total_tokens": s.prompt_tokens + s.generated_tokens},
         acceptance_rate=round(s.acceptance_rate, 4), draft_tokens=s.proposed, accepted_tokens=s.accepted,
-        target_passes=s.target_passes, queue_ms=round(done.queue_s * 1000, 3),
+        target_passes=s.target_passes, forced_tokens=s.forced_accepted, queue_ms=round(done.queue_s * 1000, 3),
         ttft_ms=round(done.ttft_s * 1000, 3)).model_dump()
 
 

@@ -149,6 +149,8 @@ class GenerateResponse(BaseModel):
     draft_tokens: int = Field(description="tokens proposed by the speculator")
     accepted_tokens: int
     target_passes: int
+    forced_tokens: int = Field(description="accepted tokens the request's grammar forced (proposed for free; "
+                               "included in draft_tokens and accepted_tokens)")
     queue_ms: float
     ttft_ms: float = Field(description="time to first token, queue wait included")
 
