@@ -53,7 +53,7 @@ def _generate(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if args.chat:
         prompt = engine.tokenizer.apply_chat_template([ChatMessage("user", prompt)])
-    stream = None if args.json else (lambda ids, text: print(text, end="", flush=True))
+    stream = None if args.json else (lambda ids, text, logprobs: print(text, end="", flush=True))
     result = engine.generate(engine.tokenizer.encode(prompt), params, on_tokens=stream)
     s = result.stats
     if args.json:

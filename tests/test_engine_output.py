@@ -25,7 +25,7 @@ def test_never_overshoots_max_new_tokens(engine, speculator, budget):
 def test_stream_deltas_add_up_to_the_text(engine, speculator):
     deltas = []
     res = engine.generate(engine.tokenizer.encode(PROMPT), SamplingParams(max_new_tokens=40, speculator=speculator),
-                          on_tokens=lambda ids, text: deltas.append(text))
+                          on_tokens=lambda ids, text, lps: deltas.append(text))
     assert "".join(deltas) == res.text and len(deltas) >= 2
 
 
@@ -38,7 +38,7 @@ def test_stop_string_cuts_the_text(engine):
     assert res.finish_reason == "stop" and res.text == full.text[:full.text.find(stop)]
     streamed = []
     engine.generate(ids, SamplingParams(max_new_tokens=40, speculator="ngram", stop=(stop,)),
-                    on_tokens=lambda i, t: streamed.append(t))
+                    on_tokens=lambda i, t, lps: streamed.append(t))
     assert "".join(streamed) == res.text
 
 

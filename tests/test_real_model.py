@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 
@@ -282,3 +283,60 @@ def test_a_batch_of_four_equals_each_request_alone(real_engine):
         for i, (res, p) in enumerate(zip(results, params)):
             alone = real_engine.generate(ids[i], SamplingParams(max_new_tokens=p.max_new_tokens, speculator="none"))
             assert res.token_ids == alone.token_ids, f"{speculator}: prompt {i}"
+
+
+# -- structured output on the default model (prompts/structured.jsonl) --------------------------
+def _structured(task: str) -> list[dict]:
+    return [item for item in load_prompt_items("structured") if item["task"] == task]
+
+
+def test_twenty_json_schemas_parse_validate_and_agree_across_speculators(consistent_engine):
+    """Every greedy output under its schema parses and validates; speculator none, ngram and auto
+    give the same ids (the grammar's forced tokens ride the verify pass, counted, never changing
+    the output), and the speculative runs need fewer target passes."""
+    engine, passes = consistent_engine, {"none": 0, "auto": 0}
+    items = _structured("json_schema")
+    assert len(items) == 20
+    for i, item in enumerate(items):
+        ids = engine.tokenizer.encode(prompt_text(item, engine.tokenizer))
+        grammar = engine.grammars.json_schema(item["schema"])
+        base = engine.generate(ids, SamplingParams(max_new_tokens=128, speculator="none", grammar=grammar))
+        assert base.finish_reason == "stop", f"prompt {i}: {base.text!r}"
+        jsonschema.validate(json.loads(base.text), item["schema"])
+        for speculator in ("ngram", "auto"):
+            res = engine.generate(ids, SamplingParams(max_new_tokens=128, speculator=speculator, grammar=grammar))
+            assert res.token_ids == base.token_ids, f"{speculator}: prompt {i} diverged"
+            assert res.stats.forced_accepted > 0
+        passes["none"] += base.stats.target_passes
+        passes["auto"] += res.stats.target_passes
+    assert passes["auto"] < 0.75 * passes["none"], passes
+
+
+def test_tool_prompts_give_calls_that_match_their_parameters(real_engine):
+    """The six tool prompts through the request type, the tool plan (prompt + grammar) and the
+    parser, as the server runs them: each answer is one call (parallel_tool_calls false: the small
+    model, allowed several, tends to call again and again) to an offered (or the named) function,
+    its arguments valid against the function's parameters."""
+    from specops.server.openai_schemas import ChatCompletionRequest
+    from specops.server.structured import tool_plan
+    from specops.server.tool_calls import ToolCallParser
+    from specops.server.validation import chat_prompt
+
+    for item in _structured("tools"):
+        req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": item["prompt"]}],
+                                                    "tools": item["tools"], "tool_choice": item["tool_choice"],
+                                                    "parallel_tool_calls": False})
+        plan = tool_plan(req, real_engine.grammars)
+        ids = real_engine.tokenizer.encode(chat_prompt(plan.messages, real_engine))
+        res = real_engine.generate(ids, SamplingParams(max_new_tokens=128, speculator="auto", grammar=plan.grammar))
+        assert res.finish_reason == "stop", res.text
+        parser = ToolCallParser()
+        parser.feed(res.text, final=True)
+        content, calls = parser.result()
+        assert content is None and len(calls) == 1, res.text
+        offered = {t["function"]["name"]: t["function"]["parameters"] for t in item["tools"]}
+        for call in calls:
+            name = call["function"]["name"]
+            if isinstance(item["tool_choice"], dict):
+                assert name == item["tool_choice"]["function"]["name"]
+            jsonschema.validate(json.loads(call["function"]["arguments"]), offered[name])

@@ -99,6 +99,67 @@ def load_prompt_set(name: str, tokenizer) -> list[list[int]]:
     return [tokenizer.encode(prompt_text(item, tokenizer)) for item in load_prompt_items(name)]
 
 
+@dataclass
+class StructuredSet:
+    """A prompt set with an output constraint per prompt (prompts/structured.jsonl: a JSON
+    schema, or tools with a tool_choice), and a check that an output is valid."""
+    prompts: list[list[int]]
+    grammars: list[str]
+    checks: list[Callable[[str], bool]]
+
+
+def load_structured_set(name: str, engine: Engine) -> StructuredSet:
+    """Each item as the server would run it: a chat prompt under its schema's grammar, or with its
+    tools listed (parallel_tool_calls false) under the grammar of one call."""
+    from .server.openai_schemas import ChatCompletionRequest
+    from .server.structured import tool_plan
+    from .server.validation import chat_prompt
+
+    out = StructuredSet([], [], [])
+    for item in load_prompt_items(name):
+        if item["task"] == "json_schema":
+            out.prompts.append(engine.tokenizer.encode(prompt_text(item, engine.tokenizer)))
+            out.grammars.append(engine.grammars.json_schema(item["schema"]))
+            out.checks.append(lambda text, schema=item["schema"]: _valid_json(text, schema))
+            continue
+        req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": item["prompt"]}],
+                                                    "tools": item["tools"], "tool_choice": item["tool_choice"],
+                                                    "parallel_tool_calls": False})
+        plan = tool_plan(req, engine.grammars)
+        out.prompts.append(engine.tokenizer.encode(chat_prompt(plan.messages, engine)))
+        out.grammars.append(plan.grammar)
+        out.checks.append(lambda text, tools=item["tools"]: _valid_call(text, tools))
+    return out
+
+
+def _valid_json(text: str, schema: dict) -> bool:
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def _valid_call(text: str, tools: list[dict]) -> bool:
+    from .server.tool_calls import ToolCallParser
+
+    parser = ToolCallParser()
+    parser.feed(text, final=True)
+    content, calls = parser.result()
+    params = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in tools}
+    return content is None and len(calls) == 1 and all(
+        c["function"]["name"] in params and _valid_json(c["function"]["arguments"], params[c["function"]["name"]])
+        for c in calls)
+
+
+def valid_fraction(results: Results, checks: list[Callable[[str], bool]]) -> dict[str, float]:
+    """Per speculator: the share of outputs (every prompt, every repeat) that pass their check."""
+    return {s: float(np.mean([checks[i](r.text) for i, runs in enumerate(per_prompt) for r in runs]))
+            for s, per_prompt in results.items()}
+
+
 def first_divergence(a: list[int], b: list[int]) -> int | None:
     """Index of the first differing token (or where the shorter ends); None if equal."""
     for i, (x, y) in enumerate(zip(a, b)):
@@ -153,19 +214,23 @@ class Interleaved:
 
 def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[str], repeats: int,
                     max_new_tokens: int, k: int, tick: Callable[[], None] | None = None,
-                    peers: dict[str, PeerRun] | None = None, ignore_eos: bool = False) -> Interleaved:
+                    peers: dict[str, PeerRun] | None = None, ignore_eos: bool = False,
+                    grammars: list[str] | None = None) -> Interleaved:
     """Each repeat runs every prompt under every speculator, then every peer, back to back, so
     that a peer's per-prompt ratio to a speculator compares runs seconds apart. `ignore_eos`:
     every run of ours goes to max_new_tokens (peers are built to do the same), so that rates
-    compare equal lengths rather than answers that happen to end early."""
+    compare equal lengths rather than answers that happen to end early. `grammars`: prompt i's
+    output constraint (a structured set; the grammar ends each output, so no ignore_eos there)."""
     peers = peers or {}
     run = Interleaved({s: [[] for _ in prompts] for s in speculators}, {p: [[] for _ in prompts] for p in peers})
     for _ in range(repeats):
         for i, ids in enumerate(prompts):
             for s in speculators:
                 speculator, adaptive = parse_speculator(s)
+                grammar = grammars[i] if grammars else None
                 params = SamplingParams(max_new_tokens=max_new_tokens, speculator=speculator, k_draft=k,
-                                        adaptive_k=adaptive, ignore_eos=ignore_eos)
+                                        adaptive_k=adaptive, ignore_eos=ignore_eos and grammar is None,
+                                        grammar=grammar)
                 run.results[s][i].append(engine.generate(ids, params))
                 if tick:
                     tick()

@@ -23,6 +23,15 @@ target folder (e.g. an older int8 export) with kernel_precision --baseline-preci
 int8 activations), the same draft, interleaved the same way; `baseline_speedups` are each
 speculator's speedup there and `peer_ratios` compare ours with it mode by mode.
 
+Structured sets (--sets structured: prompts/structured.jsonl, 20 JSON-schema extraction prompts and
+6 tool-call prompts): each prompt runs under its constraint (the grammar's forced tokens proposed
+for free), as the server would run it; `valid` is the share of outputs that parse and validate
+against their schema (tool calls: one call to an offered function, arguments valid). The grammar
+ends each output, so --ignore-eos does not apply there (greedy outputs are equal whatever the
+speculator, so the lengths are too). The peers are not run on structured sets yet.
+
+    python scripts/bench.py --sets structured --speculators none,ngram,auto --max-new-tokens 128
+
 Peers: onnxruntime-genai's greedy and n-gram modes on our ONNX folder (and its draft mode where it
 accepts the pair; the `prepare` extra has it); llama.cpp (llama-cpp-python) on the GGUF itself and
 OpenVINO GenAI on the model converted by optimum-intel, greedy and prompt lookup, each in its own
@@ -43,8 +52,8 @@ import numpy as np
 
 from ..config import Settings
 from ..loader import load_engine, local_paths
-from .measure import (emit_report, greedy_mismatches, load_prompt_set, mode_speedups, peer_ratios, run_interleaved,
-                      run_record, summarize)
+from .measure import (emit_report, greedy_mismatches, load_prompt_set, load_structured_set, mode_speedups,
+                      peer_ratios, run_interleaved, run_record, summarize, valid_fraction)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,6 +69,7 @@ def peers_on_path() -> None:
 
 
 SPECULATORS = ["none", "ngram", "draft", "hybrid", "auto"]
+STRUCTURED_SETS = ("structured",)  # prompt sets whose items carry a schema or tools
 # our speculator <-> the peer modes it is compared with
 ENGINE_PEER_MODES = ("none", "ngram", "auto")  # the speculators this engine runs as a peer of itself
 PEER_OF = {"none": ["ort_genai_greedy", "llama_cpp_greedy", "openvino_greedy", "specops_stock_none",
@@ -199,9 +209,13 @@ def main(args: argparse.Namespace) -> int:
                                                     args.ignore_eos)
         peers.update(baseline_runners)
     speculators = args.speculators.split(",")
-    sets = {name: load_prompt_set(name, engine.tokenizer) for name in args.sets.split(",")}
+    structured = {name: load_structured_set(name, engine) for name in args.sets.split(",") if name in STRUCTURED_SETS}
+    sets = {name: structured[name].prompts if name in structured else load_prompt_set(name, engine.tokenizer)
+            for name in args.sets.split(",")}
     if args.limit:
         sets = {k: v[:args.limit] for k, v in sets.items()}
+    if structured and peers:
+        raise ValueError("the peers are not run on structured sets yet: leave out --peers")
     progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
     report = {"bench": "speculators", "run": run_record(args.command_line),
               "cores": os.cpu_count(), "repeats": args.repeats,
@@ -211,12 +225,17 @@ def main(args: argparse.Namespace) -> int:
               # start-up calibration; each set's bound uses the online estimates in its bound_costs
               **cost_figures(engine, args.k), "sets": {}}
     for name, prompts in sets.items():
+        grammars = structured[name].grammars if name in structured else None
         run = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress,
-                              peers, ignore_eos=args.ignore_eos)
+                              peers, ignore_eos=args.ignore_eos, grammars=grammars)
         results = run.results
         report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k, startup),
                                 # the engine's online estimates by now (what bound_online used)
                                 "bound_costs": cost_figures(engine, args.k)}
+        if name in structured:
+            report["sets"][name]["valid"] = valid_fraction(results, structured[name].checks)
+            report["sets"][name]["forced_tokens"] = {
+                s: sum(r.stats.forced_accepted for runs in per_prompt for r in runs) for s, per_prompt in results.items()}
         if "none" in results:
             report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
         if peers:

@@ -21,9 +21,12 @@ DRIFT = 0.01  # per round, how far an unused cost estimate relaxes back
 EXPLORE_EVERY = 16  # a choice declined this many rounds in a row is tried once (one token)
 
 
-def expected_tokens(a: float, k: int) -> float:
+def expected_tokens(a: float, k: int, free: int = 0) -> float:
+    """Committed tokens expected from k proposals, the first `free` of them forced by a grammar
+    (acceptance 1), the others each accepted with probability a."""
+    free = min(free, k)
     a = min(max(a, 0.0), 0.999)
-    return (1 - a ** (k + 1)) / (1 - a)
+    return free + (1 - a ** (k - free + 1)) / (1 - a)
 
 
 @dataclass

@@ -36,7 +36,9 @@ from ..speculators.draft import DraftModelSpeculator
 from ..speculators.ngram import NgramSpeculator
 from ..speculators.successor import SuccessorTable
 from .adaptive import CostModel, expected_tokens
-from .llm_engine import GenerationResult
+from .constraint import Constraint, Grammars, constrain, up_to_eos
+from .llm_engine import GenerationResult, first_token
+from .logprobs import TokenLogprob, token_logprobs
 from .output import OnTokens, Output
 from .prompt_budget import PromptBudget
 from .sampling import Sampler
@@ -63,6 +65,7 @@ class Sequence:
     sampler: Sampler | None = None
     ngram: NgramSpeculator | None = None
     draft: DraftModelSpeculator | None = None
+    constraint: Constraint | None = None  # the request's grammar, in step with the committed tokens
     started: float = 0.0
     prefilled: int = -1  # prompt tokens in the cache while a ragged batch reads the prompt (-1: read)
 
@@ -89,6 +92,7 @@ class BatchEngine:
         self.budget = PromptBudget(chunk=prefill_chunk)  # prompt tokens beside decoding rows (ragged)
         self.budget.seed(cost.verify_s)
         self.successors = SuccessorTable()  # guesses for padding rows, from every sequence's tokens
+        self.grammars = Grammars(tokenizer.tok.to_str(), target.vocab_size, self.eos_ids)
 
     @property
     def draft(self):
@@ -119,7 +123,9 @@ class BatchEngine:
         seq.started = time.perf_counter()
         seq.stats = GenerationStats(speculator=params.speculator, prompt_tokens=len(seq.prompt_ids))
         seq.sampler = None if params.greedy else Sampler(params)
-        seq.out = Output(self.tokenizer, StopCheck.for_request(self.eos_ids, params), seq.on_tokens)
+        seq.out = Output(self.tokenizer, StopCheck.for_request(self.eos_ids, params), seq.on_tokens,
+                         params.logprobs is not None)
+        seq.constraint = None if params.grammar is None else self.grammars.constraint(params.grammar)
         seq.context = np.empty(len(seq.prompt_ids) + params.max_new_tokens + 1, np.int64)
         seq.context[:len(seq.prompt_ids)] = seq.prompt_ids
         seq.n = len(seq.prompt_ids)
@@ -138,14 +144,13 @@ class BatchEngine:
             return seq
         logits = self.target.prefill(seq.slot, seq.prompt_ids, self.prefill_chunk)
         seq.stats.prefill_s = time.perf_counter() - seq.started
-        first = int(np.argmax(logits)) if seq.sampler is None else seq.sampler.draw(seq.sampler.probs(logits[None])[0])
-        self._commit(seq, [first])
+        self._commit(seq, *first_token(logits, params, seq.sampler, seq.constraint, self.eos_ids))
         self._reap()
         return seq
 
-    def _commit(self, seq: Sequence, new: list[int]) -> None:
+    def _commit(self, seq: Sequence, new: list[int], logprobs: list[TokenLogprob] | None = None) -> None:
         self.successors.observe(int(seq.context[seq.n - 1]), new)
-        new, finish = seq.out.commit(new)
+        new, finish = seq.out.commit(new, logprobs)
         seq.context[seq.n:seq.n + len(new)] = new
         seq.n += len(new)
         seq.stats.ttft_s = seq.stats.ttft_s or time.perf_counter() - seq.started
@@ -159,7 +164,7 @@ class BatchEngine:
         s.generated_tokens = len(seq.out.ids)
         s.eos_committed = seq.out.eos_committed
         s.total_s = time.perf_counter() - seq.started
-        seq.result = GenerationResult(seq.out.finish(), seq.out.ids, reason, s)
+        seq.result = GenerationResult(seq.out.finish(), seq.out.ids, reason, s, seq.out.logprobs)
 
     def _reap(self) -> list[Sequence]:
         """Take finished sequences out; the last active slot moves into each freed one."""
@@ -199,8 +204,7 @@ class BatchEngine:
         t0 = time.perf_counter()
         proposals = [self._offer(seq) for seq in self.active]
         width = self.choose_width(proposals)
-        proposals = [Proposal(p.ids[:width - 1], None if p.q is None else p.q[:width - 1], p.source,
-                              p.draft_passes, p.match, p.confidence, p.catchup) for p in proposals]
+        proposals = [p.head(width - 1) for p in proposals]
         proposals = self._fill(proposals, max(width, self.target.min_rows))
         t1 = time.perf_counter()
         rows = [[int(seq.context[seq.n - 1]), *p.ids.tolist()] for seq, p in zip(self.active, proposals)]
@@ -222,8 +226,7 @@ class BatchEngine:
         proposals = [self._offer(seq) for seq in decoding]
         if decoding:
             width = self.choose_width(proposals)
-            proposals = [Proposal(p.ids[:width - 1], None if p.q is None else p.q[:width - 1], p.source,
-                                  p.draft_passes, p.match, p.confidence, p.catchup) for p in proposals]
+            proposals = [p.head(width - 1) for p in proposals]
         rows = [[int(seq.context[seq.n - 1]), *p.ids.tolist()] for seq, p in zip(decoding, proposals)]
         n_rows = sum(len(r) for r in rows)
         chunks = self._prompt_chunks(n_rows)
@@ -246,8 +249,7 @@ class BatchEngine:
             if seq.prefilled == len(seq.prompt_ids):
                 seq.prefilled = -1
                 seq.stats.prefill_s = time.perf_counter() - seq.started
-                first = int(np.argmax(lg[-1])) if seq.sampler is None else seq.sampler.draw(seq.sampler.probs(lg)[0])
-                self._commit(seq, [first])
+                self._commit(seq, *first_token(lg[-1], seq.params, seq.sampler, seq.constraint, self.eos_ids))
         return self._reap()
 
     def _prompt_chunks(self, decoding_rows: int) -> list[tuple[Sequence, list[int]]]:
@@ -266,22 +268,28 @@ class BatchEngine:
             left -= m
         return chunks
 
-    def _accept(self, seq: Sequence, p: Proposal, logits: np.ndarray, propose_s: float, verify_s: float) -> None:
-        """The sequence's part of a verify pass: accept, rewind its cache, record, commit."""
+    def _accept(self, seq: Sequence, p: Proposal, raw: np.ndarray, draft_s: float, verify_s: float) -> None:
+        """One sequence's part of the round: accept against its rows of the pass ([k + 1, V], masked
+        by its grammar if it has one), rewind its slot, count, commit."""
+        lg = raw if seq.constraint is None else seq.constraint.mask(raw, p.ids)
         if seq.sampler is None:
-            j, nxt = accept_greedy(p.ids, logits.argmax(axis=-1))
+            j, nxt = accept_greedy(p.ids, lg.argmax(axis=-1))
         else:
-            j, nxt = accept_sampled(p.ids, seq.sampler.probs(logits), p.q, seq.sampler.rng)
+            j, nxt = accept_sampled(p.ids, seq.sampler.probs(lg), p.q, seq.sampler.rng, p.cut_q)
         self.target.rewind(seq.slot, seq.n + j)  # keep pending + the j accepted rows
-        k = len(p.ids)
+        k, f = len(p.ids), p.forced
         s = seq.stats
-        s.record_round(p.source, k, j)
+        s.record_round(p.source, k, j, f)
         s.draft_passes += p.draft_passes
-        s.draft_s += propose_s
+        s.draft_s += draft_s
         s.verify_s += verify_s
-        if p.source and k:
-            self.cost.observe_round(p.key, k, j)
-        self._commit(seq, [*p.ids[:j].tolist(), nxt])
+        if p.source and k > f and j >= f:  # forced tokens are not the speculator's
+            self.cost.observe_round(p.key, k - f, j - f)
+        new = [*p.ids[:j].tolist(), nxt]
+        if seq.constraint is not None:
+            seq.constraint.commit(up_to_eos(new, self.eos_ids))
+        logprobs = None if seq.params.logprobs is None else token_logprobs(raw, new, seq.params.logprobs)
+        self._commit(seq, new, logprobs)
 
     def _fill(self, proposals: list[Proposal], row_width: int) -> list[Proposal]:
         """Rows with nothing to propose are padded to the round's width anyway: they carry
@@ -294,17 +302,29 @@ class BatchEngine:
                 guesses = self.successors.chain(int(seq.context[seq.n - 1]), room)
                 if guesses:
                     p = Proposal(np.asarray(guesses, np.int64), None, "successor")
+                    if seq.constraint is not None:
+                        p = constrain(p, [], seq.constraint)
             out.append(p)
         return out
 
     def _offer(self, seq: Sequence) -> Proposal:
-        """What the sequence could propose this round (the round's width may cut it)."""
+        """What the sequence could propose this round (the round's width may cut it): under a
+        grammar, its forced tokens and then the speculator's, cut where the grammar forbids."""
         params = seq.params
         room = self.capacity - seq.n
         k_max = max(min(params.k_draft, room - 1, params.max_new_tokens - len(seq.out.ids) - 1), 0)
         if k_max == 0 or params.speculator == "none":
             return Proposal.empty()
-        context = seq.context[:seq.n]
+        if seq.constraint is None:
+            return self._speculate(seq, seq.context[:seq.n], k_max)
+        forced = seq.constraint.forced()[:k_max]
+        context = np.concatenate([seq.context[:seq.n], forced]) if forced else seq.context[:seq.n]
+        proposal = self._speculate(seq, context, k_max - len(forced)) if k_max > len(forced) else Proposal.empty()
+        return constrain(proposal, forced, seq.constraint)
+
+    def _speculate(self, seq: Sequence, context: np.ndarray, k_max: int) -> Proposal:
+        """The speculator's proposal after `context`."""
+        params = seq.params
         lookup = seq.ngram.propose(context, k_max) if seq.ngram is not None and params.speculator != "draft" \
             else Proposal.empty()
         if len(lookup.ids) and params.speculator in ("ngram", "hybrid", "auto"):
@@ -349,8 +369,8 @@ class BatchEngine:
         longest = max(len(p.ids) for p in proposals) + 1
         rates = []
         for width in range(fixed, longest + 1):
-            expected = sum(expected_tokens(self.cost.estimate(p.key), min(len(p.ids), width - 1)) if len(p.ids) else 1.0
-                           for p in proposals)
+            expected = sum(expected_tokens(self.cost.estimate(p.key), min(len(p.ids), width - 1), p.forced)
+                           if len(p.ids) else 1.0 for p in proposals)
             rows = sum(min(len(p.ids), width - 1) + 1 for p in proposals) if self.target.ragged \
                 else n * max(width, self.target.min_rows)
             rates.append((expected / self.rows_cost(rows), width))

@@ -20,6 +20,8 @@ from ..speculators.draft import DraftModelSpeculator
 from ..speculators.ngram import NgramSpeculator
 from ..speculators.successor import SuccessorTable
 from .adaptive import CostModel, DraftStopper
+from .constraint import Constraint, Grammars, constrain, up_to_eos
+from .logprobs import TokenLogprob, token_logprobs
 from .output import OnTokens, Output
 from .sampling import Sampler
 from .sampling_params import SamplingParams
@@ -35,6 +37,7 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS or stop string), "length" (budget or context; always with ignore_eos
     # unless a stop string ends it first), "cancelled"
     stats: GenerationStats
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked for them
 
 
 class Engine:
@@ -48,6 +51,7 @@ class Engine:
         # uncalibrated: flat verify cost and a free draft, so every round proposes all it can
         self.cost = cost_model or CostModel(verify_s=[1.0], draft_s=0.0 if draft is not None else None)
         self.successors = SuccessorTable()  # guesses for the padding row of a consistent plain step
+        self.grammars = Grammars(tokenizer.tok.to_str(), target.vocab_size, self.eos_ids)
 
     @property
     def capacity(self) -> int:
@@ -65,7 +69,8 @@ class Engine:
         start = time.perf_counter()
         stats = GenerationStats(speculator=params.speculator, prompt_tokens=len(prompt_ids))
         sampler = None if params.greedy else Sampler(params)
-        out = Output(self.tokenizer, StopCheck.for_request(self.eos_ids, params), on_tokens)
+        out = Output(self.tokenizer, StopCheck.for_request(self.eos_ids, params), on_tokens, params.logprobs is not None)
+        constraint = None if params.grammar is None else self.grammars.constraint(params.grammar)
         self._reset()
         # context: prompt + committed tokens; the last one is `pending` (not in the target cache)
         context = np.empty(len(prompt_ids) + params.max_new_tokens + 1, dtype=np.int64)
@@ -75,10 +80,10 @@ class Engine:
         self.successors.observe(int(prompt_ids[0]), prompt_ids[1:])
         logits = self.target.prefill(prompt_ids, self.prefill_chunk)
         stats.prefill_s = time.perf_counter() - start
-        new = [int(np.argmax(logits)) if sampler is None else sampler.draw(sampler.probs(logits[None])[0])]
+        new, logprobs = first_token(logits, params, sampler, constraint, self.eos_ids)
         while True:
             self.successors.observe(int(context[n - 1]), new)
-            new, finish = out.commit(new)
+            new, finish = out.commit(new, logprobs)
             context[n:n + len(new)] = new
             n += len(new)
             stats.ttft_s = stats.ttft_s or time.perf_counter() - start
@@ -90,11 +95,11 @@ class Engine:
             if n >= self.capacity:
                 finish = "length"
                 break
-            new = self._round(context[:n], params, sampler, stats, len(out.ids))
+            new, logprobs = self._round(context[:n], params, sampler, stats, len(out.ids), constraint)
         stats.generated_tokens = len(out.ids)
         stats.eos_committed = out.eos_committed
         stats.total_s = time.perf_counter() - start
-        return GenerationResult(out.finish(), out.ids, finish, stats)
+        return GenerationResult(out.finish(), out.ids, finish, stats, out.logprobs)
 
     def _reset(self) -> None:
         self.target.reset()
@@ -104,38 +109,55 @@ class Engine:
 
     # -- one round ------------------------------------------------------------------------
     def _round(self, context: np.ndarray, params: SamplingParams, sampler: Sampler | None,
-               stats: GenerationStats, n_generated: int) -> list[int]:
+               stats: GenerationStats, n_generated: int,
+               constraint: Constraint | None) -> tuple[list[int], list[TokenLogprob] | None]:
         room = self.capacity - len(context)  # the verify pass adds k + 1 rows to len(context) - 1
         k_max = max(min(params.k_draft, room - 1, params.max_new_tokens - n_generated - 1), 0)
         t0 = time.perf_counter()
-        proposal = self._propose(context, k_max, params, sampler)
-        if not len(proposal.ids) and k_max and self.target.min_rows > 1 and params.speculator != "none":
+        # the grammar's forced tokens come first (free); the speculator continues after them
+        forced = constraint.forced()[:k_max] if constraint is not None and params.speculator != "none" else []
+        proposal = self._propose(np.concatenate([context, forced]) if forced else context, k_max - len(forced),
+                                 params, sampler)
+        if not len(proposal.ids) and not forced and k_max and self.target.min_rows > 1 and params.speculator != "none":
             # the step runs two rows wide anyway: the second row carries a free guess
             guesses = self.successors.chain(int(context[-1]), min(self.target.min_rows - 1, k_max))
             if guesses:
                 proposal = Proposal(np.asarray(guesses, np.int64), None, "successor")
+        if constraint is not None:
+            proposal = constrain(proposal, forced, constraint)
         t1 = time.perf_counter()
         # [k + 1, V], read before the next pass (so no copy)
-        logits = self.target.append([int(context[-1]), *proposal.ids.tolist()], copy=False)
+        raw = self.target.append([int(context[-1]), *proposal.ids.tolist()], copy=False)
         t2 = time.perf_counter()
+        logits = raw if constraint is None else constraint.mask(raw, proposal.ids)
         if sampler is None:
             j, nxt = accept_greedy(proposal.ids, logits.argmax(axis=-1))
         else:
-            j, nxt = accept_sampled(proposal.ids, sampler.probs(logits), proposal.q, sampler.rng)
+            j, nxt = accept_sampled(proposal.ids, sampler.probs(logits), proposal.q, sampler.rng, proposal.cut_q)
         self.target.rewind(len(context) + j)  # keep pending + the j accepted rows
-        k = len(proposal.ids)
-        stats.record_round(proposal.source, k, j)
+        new = [*proposal.ids[:j].tolist(), nxt]
+        if constraint is not None:
+            constraint.commit(up_to_eos(new, self.eos_ids))
+        self._record(proposal, j, stats, t1 - t0, t2 - t1, sampler is None)
+        return new, None if params.logprobs is None else token_logprobs(raw, new, params.logprobs)
+
+    def _record(self, proposal: Proposal, j: int, stats: GenerationStats, draft_s: float, verify_s: float,
+                greedy: bool) -> None:
+        """Count the round and teach the cost model (forced tokens are not the speculator's)."""
+        k, f = len(proposal.ids), proposal.forced
+        stats.record_round(proposal.source, k, j, f)
         stats.draft_passes += proposal.draft_passes
-        stats.draft_s += t1 - t0
-        stats.verify_s += t2 - t1
-        self.cost.observe_verify(k + 1, t2 - t1, after_draft=proposal.draft_passes > 0)
-        if proposal.source:
-            self.cost.observe_round(proposal.key, k, j)
+        stats.draft_s += draft_s
+        stats.verify_s += verify_s
+        self.cost.observe_verify(k + 1, verify_s, after_draft=proposal.draft_passes > 0)
+        if j < f:  # a forced token was rejected: the speculator's were not tested
+            return
+        if proposal.source and k > f:
+            self.cost.observe_round(proposal.key, k - f, j - f)
         if proposal.confidence is not None:
-            self.cost.observe_confidence(proposal.confidence, j, sampler is None)
+            self.cost.observe_confidence(proposal.confidence, j - f, greedy)
         if proposal.draft_passes and not proposal.catchup:  # a long catch-up is not a pass's cost
-            self.cost.observe_draft(proposal.draft_passes, t1 - t0)
-        return [*proposal.ids[:j].tolist(), nxt]
+            self.cost.observe_draft(proposal.draft_passes, draft_s)
 
     def _propose(self, context: np.ndarray, k_max: int, params: SamplingParams, sampler: Sampler | None) -> Proposal:
         """The round's proposal. `ngram` and `draft` use their own speculator, `hybrid` the draft
@@ -166,3 +188,13 @@ class Engine:
         if key == "draft":  # the stopper sets the length, token by token, up to k_max
             return self.draft.propose(context, k_max, sampler, DraftStopper(self.cost, k_max, sampler is None))
         return Proposal(lookup.ids[:k], None, lookup.source, match=lookup.match)
+
+
+def first_token(logits: np.ndarray, params: SamplingParams, sampler: Sampler | None, constraint: Constraint | None,
+                eos_ids) -> tuple[list[int], list[TokenLogprob] | None]:
+    """The token the prefill's logits [V] choose (under the grammar, if any), with its logprobs."""
+    masked = logits if constraint is None else constraint.mask(logits[None], [])[0]
+    tok = int(np.argmax(masked)) if sampler is None else sampler.draw(sampler.probs(masked[None])[0])
+    if constraint is not None:
+        constraint.commit(up_to_eos([tok], eos_ids))
+    return [tok], None if params.logprobs is None else token_logprobs(logits[None], [tok], params.logprobs)

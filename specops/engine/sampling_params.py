@@ -24,6 +24,11 @@ class SamplingParams:
     # max_new_tokens (stop strings still stop), so that benchmarks compare equal lengths (vLLM's
     # `ignore_eos`): a run whose answer ends early would look faster or slower by accident.
     ignore_eos: bool = False
+    # a checked llguidance grammar (specops.engine.constraint.Grammars): every committed token
+    # is one the grammar allows, and generation ends where it is complete
+    grammar: str | None = None
+    # None: no log-probabilities; n >= 0: each committed token's, with the n likeliest alternatives
+    logprobs: int | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -36,6 +41,10 @@ class SamplingParams:
             raise ValueError("top_k must be >= 0")
         if self.k_draft < 0:
             raise ValueError("k_draft must be >= 0")
+        if self.grammar is not None and self.ignore_eos:
+            raise ValueError("ignore_eos cannot be combined with a grammar: the grammar ends the output")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ValueError("logprobs (the number of alternatives) must be in 0..20")
         if self.speculator not in SPECULATORS:
             raise ValueError(f"speculator must be one of {', '.join(SPECULATORS)}")
 

@@ -20,6 +20,10 @@ class GenerationStats:
     rejections: int = 0  # rounds whose proposal was cut short (at most one per round)
     accepted_per_position: list[int] = field(default_factory=list)  # [i]: rounds accepting > i
     proposals_by: dict[str, int] = field(default_factory=dict)  # rounds per speculator used
+    # tokens a grammar forced (llguidance's fast-forward tokens), proposed ahead of the speculator's
+    # and included in proposed / accepted; a forced string the target tokenizes otherwise is rejected
+    forced_proposed: int = 0
+    forced_accepted: int = 0
     prefill_s: float = 0.0
     ttft_s: float = 0.0
     draft_s: float = 0.0
@@ -55,7 +59,9 @@ class GenerationStats:
     def other_s(self) -> float:
         return max(self.total_s - self.prefill_s - self.draft_s - self.verify_s, 0.0)
 
-    def record_round(self, source: str, proposed: int, accepted: int) -> None:
+    def record_round(self, source: str, proposed: int, accepted: int, forced: int = 0) -> None:
+        self.forced_proposed += forced
+        self.forced_accepted += min(forced, accepted)
         self.rounds += 1
         self.target_passes += 1
         self.proposed += proposed

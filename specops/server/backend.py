@@ -9,13 +9,14 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from fastapi import Request
 
 from ..config import Settings
 from ..engine.llm_engine import GenerationResult
+from ..engine.logprobs import TokenLogprob
 from .errors import ServiceError, Unavailable
 from .health import Health
 from .validation import ValidRequest
@@ -32,6 +33,7 @@ class ClientGone(Exception):
 class Delta:
     text: str
     token_count: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens since the last delta, if asked
 
 
 @dataclass
@@ -51,12 +53,14 @@ class DeltaBuffer:
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._text, self._count, self._last = "", 0, -math.inf
+        self._logprobs: list[TokenLogprob] = []
 
-    def add(self, ids: list[int], text: str) -> bool:
+    def add(self, ids: list[int], text: str, logprobs: list[TokenLogprob]) -> bool:
         """(worker thread) Buffer a round's text; True when it is time to wake the event loop."""
         with self._lock:
             self._text += text
             self._count += len(ids)
+            self._logprobs += logprobs
             now = time.perf_counter()
             if now - self._last < self.interval_s:
                 return False
@@ -68,8 +72,8 @@ class DeltaBuffer:
         with self._lock:
             if not self._text and not self._count:
                 return None
-            delta = Delta(self._text, self._count)
-            self._text, self._count = "", 0
+            delta = Delta(self._text, self._count, self._logprobs)
+            self._text, self._count, self._logprobs = "", 0, []
             return delta
 
 
@@ -103,8 +107,8 @@ class Ticket:
         if self.timer is not None:
             self.timer.cancel()
 
-    def _on_tokens(self, ids: list[int], text: str) -> None:
-        if self.buffer.add(ids, text):
+    def _on_tokens(self, ids: list[int], text: str, logprobs: list[TokenLogprob]) -> None:
+        if self.buffer.add(ids, text, logprobs):
             self._post(self._flush)
 
     def _flush(self) -> None:

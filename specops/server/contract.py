@@ -33,7 +33,11 @@ def _error(description: str, **extra) -> dict:
 AUTH_ERRORS = {401: _error("`api_key` is set and the request lacks `Authorization: Bearer <key>`")}
 
 GENERATION_ERRORS = {
-    400: _error("malformed JSON body (`invalid_json`); chat with a model that has no chat template "
+    400: _error("malformed JSON body (`invalid_json`); a field this endpoint does not have or does not honour "
+                "(`unsupported_field`: never silently ignored); a regex, grammar, JSON schema or tool definition "
+                "that does not compile (`invalid_grammar`, with the compiler's message); fields that cannot go "
+                "together (`invalid_value`: two output constraints, tool_choice without tools, top_logprobs "
+                "without logprobs, ignore_eos with a constraint); chat with a model that has no chat template "
                 "(`no_chat_template`); input the engine refuses (`invalid_prompt`, a guard: validation lets "
                 "none through)"),
     **AUTH_ERRORS,

@@ -79,7 +79,8 @@ def describe_validation(errors) -> tuple[str, str | None, bool]:
         keep_all = e.get("type") == "extra_forbidden"  # an unknown field's name is the client's, kept as is
         loc = ".".join(str(p) for p in e.get("loc", ())
                        if p != "body" and (keep_all or not _is_union_member(p))) or "body"
-        by_field.setdefault(loc, []).append(e.get("msg", "invalid"))
+        msg = "unknown field, not supported here" if keep_all else e.get("msg", "invalid")
+        by_field.setdefault(loc, []).append(msg)
         if e.get("type") != "missing":
             got[loc] = f" (got {e.get('input')!r:.60})"
     parts = [f"{loc}: {' or '.join(dict.fromkeys(msgs))}{got.get(loc, '')}" for loc, msgs in by_field.items()]
@@ -92,9 +93,16 @@ def _is_union_member(part) -> bool:
     return isinstance(part, str) and (part in ("str", "int", "float", "bool") or "[" in part or "-" in part)
 
 
+# fields we do not honour, and fields the endpoint does not have: a 400, never silently ignored
+UNSUPPORTED_TYPES = ("unsupported", "extra_forbidden")
+
+
 async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
-    message, param, malformed = describe_validation(err.errors())
+    errors = err.errors()
+    message, param, malformed = describe_validation(errors)
     status, code = (400, "invalid_json") if malformed else (422, "invalid_value")
+    if errors and all(e.get("type") in UNSUPPORTED_TYPES for e in errors):
+        status, code = 400, "unsupported_field"
     return JSONResponse(error_body(message, "invalid_request_error", param, code), status_code=status)
 
 

@@ -14,6 +14,7 @@ from .contract import GENERATION_ERRORS, stream_or_json
 from .errors import ServiceError, error_body
 from .schemas import GenerateRequest, GenerateResponse, HealthResponse, StreamDelta
 from .service import Service, get_service
+from .structured import constraint_grammar
 from .validation import ValidRequest, validate
 
 router = APIRouter()
@@ -71,7 +72,7 @@ def generate_response(done: Finished) -> dict:
         usage={"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens,
                "total_tokens": s.prompt_tokens + s.generated_tokens},
         acceptance_rate=round(s.acceptance_rate, 4), draft_tokens=s.proposed, accepted_tokens=s.accepted,
-        target_passes=s.target_passes, queue_ms=round(done.queue_s * 1000, 3),
+        target_passes=s.target_passes, forced_tokens=s.forced_accepted, queue_ms=round(done.queue_s * 1000, 3),
         ttft_ms=round(done.ttft_s * 1000, 3)).model_dump()
 
 
@@ -97,5 +98,7 @@ async def _generate_events(ticket: Ticket) -> AsyncIterator[str]:
 async def generate(req: GenerateRequest, request: Request, service: Service = Depends(get_service)):
     """Generate from a raw text prompt; `stream: true` answers with Server-Sent Events."""
     engine = service.ready_engine()
-    valid = validate(req, req.prompt, req.max_new_tokens, engine, service.settings, default_temperature=0.0)
+    grammar = constraint_grammar(req, engine.grammars)
+    valid = validate(req, req.prompt, req.max_new_tokens, engine, service.settings, default_temperature=0.0,
+                     grammar=grammar)
     return await respond(request, service, valid, generate_response, _generate_events)

@@ -7,15 +7,17 @@ validation.py enforces the same value.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from ..engine.sampling_params import SPECULATORS
 
 MAX_K_DRAFT = 16
 MAX_STOP = 16  # stop strings per request
 MAX_STOP_CHARS = 256  # characters per stop string
+MAX_GRAMMAR_CHARS = 65536  # characters of a regex, grammar or JSON schema (as text)
 
 
 def limit(name: str) -> dict:
@@ -40,14 +42,41 @@ StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 Stop = Optional[Union[StopString, Annotated[list[StopString], Field(max_length=MAX_STOP)]]]
 
 
+UNSUPPORTED = "unsupported"  # the pydantic error type of a field we do not honour: a 400, not a 422
+
+
 def _must_be_false(value: bool) -> bool:
     if value:
-        raise ValueError("not supported (must be false or absent)")
+        raise PydanticCustomError(UNSUPPORTED, "not supported (must be false or absent)")
+    return value
+
+
+def _must_be_absent(value):
+    if value is not None:
+        raise PydanticCustomError(UNSUPPORTED, "not supported (must be null or absent)")
     return value
 
 
 # a flag we cannot honour: false or absent, never true (and never 0: strict)
 Unsupported = Annotated[StrictBool, AfterValidator(_must_be_false), Field(json_schema_extra={"const": False})]
+# an OpenAI field we do not honour: null or absent (anything else is a 400 naming it)
+Absent = Annotated[Optional[Any], AfterValidator(_must_be_absent), WithJsonSchema({"type": "null"})]
+
+CONSTRAINT_FIELDS = ("regex", "grammar")
+
+
+class ConstraintFields(BaseModel):
+    """Extension fields (on /generate and the OpenAI endpoints): the output must match a regex or
+    a grammar. At most one constraint per request; one that does not compile is a 400 with the
+    compiler's message."""
+
+    model_config = ConfigDict(strict=True)
+    regex: Optional[Annotated[str, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)]] = Field(
+        None, description="the output must match this regular expression (Rust `regex` syntax, anchored at both "
+        "ends); specops extension")
+    grammar: Optional[Annotated[str, Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)]] = Field(
+        None, description="the output must match this grammar: Lark (llguidance's dialect, with `%json {schema}` "
+        "terminals) or GBNF (llama.cpp's); specops extension")
 
 
 class SamplingFields(BaseModel):
@@ -75,7 +104,7 @@ PROMPT_LIMITS = ("Limits that depend on tokenization: the prompt must tokenize t
                  "(`\\ud800`) is a 422.")
 
 
-class GenerateRequest(SamplingFields):
+class GenerateRequest(SamplingFields, ConstraintFields):
     """The seed's request {prompt, max_new_tokens, k_draft} plus optional sampling fields.
 
     Strict: wrong types and unknown fields are errors, not silent conversions."""
@@ -120,6 +149,8 @@ class GenerateResponse(BaseModel):
     draft_tokens: int = Field(description="tokens proposed by the speculator")
     accepted_tokens: int
     target_passes: int
+    forced_tokens: int = Field(description="accepted tokens the request's grammar forced (proposed for free; "
+                               "included in draft_tokens and accepted_tokens)")
     queue_ms: float
     ttft_ms: float = Field(description="time to first token, queue wait included")
 

@@ -97,22 +97,29 @@ def _stops(stop) -> tuple[str, ...]:
 
 
 def sampling_params(req: SamplingFields, max_new_tokens: int, speculator: str, settings: Settings,
-                    default_temperature: float) -> SamplingParams:
+                    default_temperature: float, grammar: str | None = None,
+                    logprobs: int | None = None) -> SamplingParams:
+    if grammar is not None and req.ignore_eos:
+        raise InvalidRequest("ignore_eos: cannot be combined with an output constraint (the grammar ends the "
+                             "output)", param="ignore_eos", code="invalid_value", status=400)
     return SamplingParams(
         max_new_tokens=max_new_tokens,
         temperature=default_temperature if req.temperature is None else req.temperature,
         top_k=req.top_k or 0, top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
         stop=_stops(req.stop), speculator=speculator,
-        k_draft=settings.k_draft if req.k_draft is None else req.k_draft, ignore_eos=req.ignore_eos)
+        k_draft=settings.k_draft if req.k_draft is None else req.k_draft, ignore_eos=req.ignore_eos,
+        grammar=grammar, logprobs=logprobs)
 
 
 def validate(req: SamplingFields, prompt: str | list[int], max_new_tokens: int | None, engine: Engine,
              settings: Settings, *, default_temperature: float, budget_field: str = "max_new_tokens",
-             prompt_field: str = "prompt") -> ValidRequest:
+             prompt_field: str = "prompt", grammar: str | None = None, logprobs: int | None = None) -> ValidRequest:
+    """`grammar`: a checked constraint (structured.py); `logprobs`: None, or the number of
+    alternatives to report with each token's log-probability."""
     budget = check_max_new_tokens(max_new_tokens, settings, engine.capacity, budget_field)
     speculator = check_speculator(req, settings, engine)
     ids = engine.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     ids = check_prompt_ids(ids, engine, prompt_field)
     budget = fit_context(len(ids), budget, settings, engine.capacity, budget_field, prompt_field)
-    params = sampling_params(req, budget, speculator, settings, default_temperature)
+    params = sampling_params(req, budget, speculator, settings, default_temperature, grammar, logprobs)
     return ValidRequest(ids, params, req.stream)
