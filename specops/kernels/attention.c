@@ -112,35 +112,51 @@ INLINE __m512 exp_nonpositive(__m512 x) {
     return _mm512_scalef_ps(y, n);
 }
 
-/* Scores of NQ query vectors against 16 keys (one block): NQ independent chains over d. */
+/* Scores of NQ query vectors against NB blocks of 16 keys (one or two: a broadcast query value
+ * then feeds two multiply-adds, where loads would otherwise limit): independent chains over d. */
 INLINE void score_block(const float *const *q, const float *kb, int64_t D, float scale, float *const *srow,
-                        int64_t at, const int NQ) {
-    __m512 acc[QTILE];
-    for (int i = 0; i < NQ; i++) acc[i] = _mm512_setzero_ps();
+                        int64_t at, const int NQ, const int NB) {
+    __m512 acc[2][QTILE];
+    for (int b = 0; b < NB; b++)
+        for (int i = 0; i < NQ; i++) acc[b][i] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; d++) {
-        const __m512 k = _mm512_loadu_ps(kb + d * KEYS);
-        for (int i = 0; i < NQ; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][d]), k, acc[i]);
+        __m512 k[2];
+        for (int b = 0; b < NB; b++) k[b] = _mm512_loadu_ps(kb + b * KEYS * D + d * KEYS);
+        for (int i = 0; i < NQ; i++) {
+            const __m512 x = _mm512_set1_ps(q[i][d]);
+            for (int b = 0; b < NB; b++) acc[b][i] = _mm512_fmadd_ps(x, k[b], acc[b][i]);
+        }
     }
-    for (int i = 0; i < NQ; i++) _mm512_store_ps(srow[i] + at, _mm512_mul_ps(acc[i], _mm512_set1_ps(scale)));
+    for (int b = 0; b < NB; b++)
+        for (int i = 0; i < NQ; i++)
+            _mm512_store_ps(srow[i] + at + b * KEYS, _mm512_mul_ps(acc[b][i], _mm512_set1_ps(scale)));
 }
 
 /* acc_i[16 dims] += e_i[j] v[j] for keys j = j0..j1-1 below len_i, in order of j: one block's
  * share of out_i, carried in memory from block to block (loads and stores do not round). */
 INLINE void weigh_values(const float *const *e, const int64_t *len, const float *v, int64_t D, int64_t j0,
-                         int64_t j1, float *const *acc_row, const int NQ) {
-    __m512 acc[QTILE];
-    for (int i = 0; i < NQ; i++) acc[i] = _mm512_load_ps(acc_row[i]);
+                         int64_t j1, float *const *acc_row, const int NQ, const int NC) {
+    __m512 acc[2][QTILE];  /* NC (one or two) runs of 16 dims: a broadcast weight feeds NC multiply-adds */
+    for (int c = 0; c < NC; c++)
+        for (int i = 0; i < NQ; i++) acc[c][i] = _mm512_load_ps(acc_row[i] + c * KEYS);
     const int64_t common = len[0] < j1 ? len[0] : j1;  /* every vector's keys (lengths ascend with i) */
     for (int64_t j = j0; j < common; j++) {
-        const __m512 x = _mm512_loadu_ps(v + j * D);
-        for (int i = 0; i < NQ; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(e[i][j]), x, acc[i]);
+        __m512 x[2];
+        for (int c = 0; c < NC; c++) x[c] = _mm512_loadu_ps(v + j * D + c * KEYS);
+        for (int i = 0; i < NQ; i++) {
+            const __m512 w = _mm512_set1_ps(e[i][j]);
+            for (int c = 0; c < NC; c++) acc[c][i] = _mm512_fmadd_ps(w, x[c], acc[c][i]);
+        }
     }
     for (int64_t j = common > j0 ? common : j0; j < j1; j++) {
-        const __m512 x = _mm512_loadu_ps(v + j * D);
+        __m512 x[2];
+        for (int c = 0; c < NC; c++) x[c] = _mm512_loadu_ps(v + j * D + c * KEYS);
         for (int i = 0; i < NQ; i++)
-            if (j < len[i]) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(e[i][j]), x, acc[i]);
+            if (j < len[i])
+                for (int c = 0; c < NC; c++) acc[c][i] = _mm512_fmadd_ps(_mm512_set1_ps(e[i][j]), x[c], acc[c][i]);
     }
-    for (int i = 0; i < NQ; i++) _mm512_store_ps(acc_row[i], acc[i]);
+    for (int c = 0; c < NC; c++)
+        for (int i = 0; i < NQ; i++) _mm512_store_ps(acc_row[i] + c * KEYS, acc[c][i]);
 }
 
 /* Softmax weights of scores s[0..len) in place (zeros after, to the block's end); 1 / their sum. */
@@ -194,12 +210,18 @@ static void attend(void *arg, size_t item) {
         arow[i] = scratch + nq * stride + i * D;  /* value sums, then the output */
         len[i] = first + i / G + 1;
     }
-    for (int64_t b = 0; b < blocks; b++)
+    for (int64_t b = 0; b < blocks; b += 2)
         for (int64_t i0 = 0; i0 < nq; i0 += QTILE) {
             const int64_t n = nq - i0 < QTILE ? nq - i0 : QTILE;
-#define SCORE(NQ) score_block(q + i0, kbase + b * KEYS * D, D, p->scale, srow + i0, b * KEYS, NQ)
-            BY_COUNT(SCORE, n)
-#undef SCORE
+#define SCORE2(NQ) score_block(q + i0, kbase + b * KEYS * D, D, p->scale, srow + i0, b * KEYS, NQ, 2)
+#define SCORE1(NQ) score_block(q + i0, kbase + b * KEYS * D, D, p->scale, srow + i0, b * KEYS, NQ, 1)
+            if (b + 1 < blocks) {
+                BY_COUNT(SCORE2, n)
+            } else {
+                BY_COUNT(SCORE1, n)
+            }
+#undef SCORE2
+#undef SCORE1
         }
     for (int64_t i = 0; i < nq; i++) {
         inv[i] = softmax(srow[i], len[i]);
@@ -208,12 +230,18 @@ static void attend(void *arg, size_t item) {
     for (int64_t b = 0; b < blocks; b++)
         for (int64_t i0 = 0; i0 < nq; i0 += QTILE) {
             const int64_t n = nq - i0 < QTILE ? nq - i0 : QTILE;
-            for (int64_t c = 0; c < D; c += KEYS) {
+            for (int64_t c = 0; c < D; c += 2 * KEYS) {
                 float *acc[QTILE];
                 for (int64_t i = 0; i < n; i++) acc[i] = arow[i0 + i] + c;
-#define WEIGH(NQ) weigh_values((const float *const *)srow + i0, len + i0, vbase + c, D, b * KEYS, (b + 1) * KEYS, acc, NQ)
-                BY_COUNT(WEIGH, n)
-#undef WEIGH
+#define WEIGH2(NQ) weigh_values((const float *const *)srow + i0, len + i0, vbase + c, D, b * KEYS, (b + 1) * KEYS, acc, NQ, 2)
+#define WEIGH1(NQ) weigh_values((const float *const *)srow + i0, len + i0, vbase + c, D, b * KEYS, (b + 1) * KEYS, acc, NQ, 1)
+                if (c + KEYS < D) {
+                    BY_COUNT(WEIGH2, n)
+                } else {
+                    BY_COUNT(WEIGH1, n)
+                }
+#undef WEIGH2
+#undef WEIGH1
             }
         }
     for (int64_t i = 0; i < nq; i++) {
