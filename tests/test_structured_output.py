@@ -80,7 +80,10 @@ def test_regex_and_grammar_on_every_endpoint(oai, client):
     g = client.post("/generate", json={"prompt": "Pick:", "grammar": 'root ::= "red" | "green" | "blue"'}).json()
     assert g["generated_text"] in ("red", "green", "blue") and g["finish_reason"] == "stop"
     forced = client.post("/generate", json={"prompt": "Say:", "regex": "Answer:\n(c|d)", "speculator": "ngram"}).json()
-    assert forced["generated_text"] in ("Answer:\nc", "Answer:\nd") and forced["forced_tokens"] > 0
+    # forced tokens are offered every round; in a batch the round's width (the cost model's choice) may
+    # leave them out, so their count is reported, not assumed (test_constraint.py counts them alone)
+    assert forced["generated_text"] in ("Answer:\nc", "Answer:\nd")
+    assert 0 <= forced["forced_tokens"] <= forced["accepted_tokens"] <= forced["usage"]["completion_tokens"]
     lark = chat(oai, max_tokens=8, extra_body={"grammar": 'start: "yes" | "no"'})
     assert lark.choices[0].message.content in ("yes", "no")
 

@@ -114,17 +114,7 @@ class Engine:
         room = self.capacity - len(context)  # the verify pass adds k + 1 rows to len(context) - 1
         k_max = max(min(params.k_draft, room - 1, params.max_new_tokens - n_generated - 1), 0)
         t0 = time.perf_counter()
-        # the grammar's forced tokens come first (free); the speculator continues after them
-        forced = constraint.forced()[:k_max] if constraint is not None and params.speculator != "none" else []
-        proposal = self._propose(np.concatenate([context, forced]) if forced else context, k_max - len(forced),
-                                 params, sampler)
-        if not len(proposal.ids) and not forced and k_max and self.target.min_rows > 1 and params.speculator != "none":
-            # the step runs two rows wide anyway: the second row carries a free guess
-            guesses = self.successors.chain(int(context[-1]), min(self.target.min_rows - 1, k_max))
-            if guesses:
-                proposal = Proposal(np.asarray(guesses, np.int64), None, "successor")
-        if constraint is not None:
-            proposal = constrain(proposal, forced, constraint)
+        proposal = self._proposal(context, k_max, params, sampler, constraint)
         t1 = time.perf_counter()
         # [k + 1, V], read before the next pass (so no copy)
         raw = self.target.append([int(context[-1]), *proposal.ids.tolist()], copy=False)
@@ -140,6 +130,20 @@ class Engine:
             constraint.commit(up_to_eos(new, self.eos_ids))
         self._record(proposal, j, stats, t1 - t0, t2 - t1, sampler is None)
         return new, None if params.logprobs is None else token_logprobs(raw, new, params.logprobs)
+
+    def _proposal(self, context: np.ndarray, k_max: int, params: SamplingParams, sampler: Sampler | None,
+                  constraint: Constraint | None) -> Proposal:
+        """Up to k_max tokens to verify: under a grammar, its forced tokens first (free), the
+        speculator's after them, cut where the grammar forbids."""
+        forced = constraint.forced()[:k_max] if constraint is not None and params.speculator != "none" else []
+        proposal = self._propose(np.concatenate([context, forced]) if forced else context, k_max - len(forced),
+                                 params, sampler)
+        if not len(proposal.ids) and not forced and k_max and self.target.min_rows > 1 and params.speculator != "none":
+            # the step runs two rows wide anyway: the second row carries a free guess
+            guesses = self.successors.chain(int(context[-1]), min(self.target.min_rows - 1, k_max))
+            if guesses:
+                proposal = Proposal(np.asarray(guesses, np.int64), None, "successor")
+        return proposal if constraint is None else constrain(proposal, forced, constraint)
 
     def _record(self, proposal: Proposal, j: int, stats: GenerationStats, draft_s: float, verify_s: float,
                 greedy: bool) -> None:
