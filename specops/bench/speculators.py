@@ -30,7 +30,7 @@ against their schema (tool calls: one call to an offered function, arguments val
 ends each output, so --ignore-eos does not apply there (greedy outputs are equal whatever the
 speculator, so the lengths are too). The peers are not run on structured sets yet.
 
-    python scripts/bench.py --sets structured --speculators none,ngram,auto --max-new-tokens 128
+    specops bench speculators --sets structured --speculators none,ngram,auto --max-new-tokens 128
 
 Peers: onnxruntime-genai's greedy and n-gram modes on our ONNX folder (and its draft mode where it
 accepts the pair; the `prepare` extra has it); llama.cpp (llama-cpp-python) on the GGUF itself and
