@@ -36,6 +36,7 @@ class SessionConfig:
     # whose plain decoding step is within 10% of the fastest, timed at load (BatchDecoder._choose_precision)
     precision: str = "auto"
     consistent: str = "auto"  # Settings.consistent_passes: how wide a plain step runs (timing precisions)
+    keep_timings: bool = False  # Settings.cost_cache: read/write the precision timings in <kernel_cache>/timings
 
 
 def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None,
