@@ -59,9 +59,11 @@ class Settings(BaseSettings):
     kernel_cache_dir: str = Field("", description="where the tiled kernel's library and the tiled copies of the "
                                   "weights are kept (a model's tiles: about its weights' size); empty = "
                                   "<model_cache_dir>/kernels")
-    cost_cache: bool = Field(True, description="keep the start-up pass-cost curve per model file, CPU and settings "
+    cost_cache: bool = Field(False, description="keep the start-up pass-cost curve per model file, CPU and settings "
                              "(in the kernel cache folder) and, on a restart, check it with a few passes instead "
-                             "of timing 17 lengths again (specops/cost_cache.py)")
+                             "of timing the sweep again (specops/cost_cache.py); off by default: a curve timed on "
+                             "a busy machine keeps its shape until it drifts 2x (the Deployment turns it on, its "
+                             "prep Job times the curve)")
     consistent_passes: Literal["auto", "on", "off"] = Field(
         "auto", description="run one-token target passes as two-row passes, so that plain steps and verify "
         "passes compute alike and speculative greedy output equals target-only output bit for bit; auto: "

@@ -80,7 +80,7 @@ def resolve_kernel(setting: str, spec: ModelSpec, cache: Path | None = None) -> 
 def target_config(settings: Settings) -> SessionConfig:
     return SessionConfig(settings.intra_op_threads, settings.allow_spinning, kernel=settings.kernel,
                          kernel_cache=str(kernel_cache(settings)), precision=settings.kernel_precision,
-                         consistent=settings.consistent_passes)
+                         consistent=settings.consistent_passes, keep_timings=settings.cost_cache)
 
 
 def _consistent(settings: Settings, target) -> bool:

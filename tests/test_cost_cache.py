@@ -12,6 +12,7 @@ from specops import cost_cache
 from specops.config import Settings
 from specops.engine.adaptive import CostModel
 from specops.loader import load_engine
+from specops.runtime import batch_decoder
 
 CURVE = CostModel(verify_s=[0.010, 0.013, 0.016], draft_s=0.002, verify_after_draft_s=[0.011, 0.014, 0.017])
 
@@ -49,7 +50,8 @@ def test_an_unwritable_folder_is_only_read(tmp_path):
 def test_a_second_load_reuses_the_timed_curve(tmp_path, caplog, monkeypatch):
     # a shared machine's load can swing a pass 3x between two loads, which would (rightly) re-time
     monkeypatch.setattr(cost_cache, "MAX_DRIFT", 100.0)
-    settings = Settings(kernel_cache_dir=str(tmp_path), max_batch=1)
+    monkeypatch.setattr(batch_decoder, "_TIMED", {})  # as in a fresh process: nothing timed yet
+    settings = Settings(kernel_cache_dir=str(tmp_path), max_batch=1, cost_cache=True)
     with caplog.at_level(logging.INFO, logger="specops.loader"):
         first = load_engine(settings)
         second = load_engine(settings)

@@ -168,12 +168,13 @@ class BatchDecoder:
         if not candidates:
             raise ModelFolderError(f"{self.spec.model_file}: neither fp32 nor int8x3 activations can run here: {report}")
         key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, candidates, self.ragged)
-        if key not in _TIMED:  # then on disk (runtime.timing_cache), then timed here and kept
+        if key not in _TIMED:  # then on disk if kept (runtime.timing_cache), then timed here
             disk = timing_cache.key_of("precisions", self.spec.model_file, threads=cfg.intra_op_threads,
                                        consistent=cfg.consistent, available=candidates, ragged=self.ragged)
-            _TIMED[key] = timing_cache.load(self._cache / "timings", disk) or self.time_precisions(
-                candidates, cfg.consistent)
-            timing_cache.save(self._cache / "timings", disk, _TIMED[key])
+            kept = timing_cache.load(self._cache / "timings", disk) if cfg.keep_timings else None
+            _TIMED[key] = kept or self.time_precisions(candidates, cfg.consistent)
+            if cfg.keep_timings:
+                timing_cache.save(self._cache / "timings", disk, _TIMED[key])
         self.precision_ms = dict(_TIMED[key])
         return most_faithful_within(self.precision_ms)
 

@@ -37,6 +37,7 @@ class SessionConfig:
     precision: str = "auto"
     consistent: str = "auto"  # Settings.consistent_passes: how wide a plain step runs (timing precisions)
     profile: str | None = None  # onnxruntime's profiler on, its JSON written under this prefix (scripts)
+    keep_timings: bool = False  # Settings.cost_cache: read/write the precision timings in <kernel_cache>/timings
 
 
 def make_session(spec: ModelSpec, cfg: SessionConfig, graph: bytes | None = None,
