@@ -354,43 +354,33 @@ static OrtStatus *att_compute(void *state, OrtKernelContext *ctx) {
     return st;
 }
 
-static void att_destroy(void *state) { free(state); }
 static const char *att_name(const OrtCustomOp *op) { (void)op; return "Attention"; }
-static const char *att_provider(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int att_input_type(const OrtCustomOp *op, size_t i) { (void)op; return i == 3 || i == 4 ? TYPE_INT32 : TYPE_FLOAT; }
 static size_t att_inputs(const OrtCustomOp *op) { (void)op; return 7; }
-static int att_output_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
 static size_t att_outputs(const OrtCustomOp *op) { (void)op; return 3; }
-static int att_required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return IO_REQUIRED; }
-static int att_memory(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return MEM_DEFAULT; }
-static int att_one(const OrtCustomOp *op) { (void)op; return 1; }
-static int att_start(const OrtCustomOp *op) { (void)op; return 1; }
-static int att_end(const OrtCustomOp *op) { (void)op; return 2147483647; }
-static size_t att_no_pairs(int **a, int **b) { *a = NULL; *b = NULL; return 0; }
-static void att_release_pairs(int *a, int *b) { (void)a; (void)b; }
 
 OrtCustomOp specops_attention_op = {
     .version = ORT_API_USED,
     .GetName = att_name,
-    .GetExecutionProviderType = att_provider,
+    .GetExecutionProviderType = specops_cpu,
     .GetInputType = att_input_type,
     .GetInputTypeCount = att_inputs,
-    .GetOutputType = att_output_type,
+    .GetOutputType = specops_float,
     .GetOutputTypeCount = att_outputs,
-    .KernelDestroy = att_destroy,
-    .GetInputCharacteristic = att_required,
-    .GetOutputCharacteristic = att_required,
-    .GetInputMemoryType = att_memory,
-    .GetVariadicInputMinArity = att_one,
-    .GetVariadicInputHomogeneity = att_one,
-    .GetVariadicOutputMinArity = att_one,
-    .GetVariadicOutputHomogeneity = att_one,
+    .KernelDestroy = specops_free_state,
+    .GetInputCharacteristic = specops_required,
+    .GetOutputCharacteristic = specops_required,
+    .GetInputMemoryType = specops_default_memory,
+    .GetVariadicInputMinArity = specops_one,
+    .GetVariadicInputHomogeneity = specops_one,
+    .GetVariadicOutputMinArity = specops_one,
+    .GetVariadicOutputHomogeneity = specops_one,
     .CreateKernelV2 = att_create,
     .KernelComputeV2 = att_compute,
-    .GetStartVersion = att_start,
-    .GetEndVersion = att_end,
-    .GetMayInplace = att_no_pairs,
-    .ReleaseMayInplace = att_release_pairs,
-    .GetAliasMap = att_no_pairs,
-    .ReleaseAliasMap = att_release_pairs,
+    .GetStartVersion = specops_one,
+    .GetEndVersion = specops_any_version,
+    .GetMayInplace = specops_no_pairs,
+    .ReleaseMayInplace = specops_release_pairs,
+    .GetAliasMap = specops_no_pairs,
+    .ReleaseAliasMap = specops_release_pairs,
 };

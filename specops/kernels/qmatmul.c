@@ -814,46 +814,36 @@ static OrtStatus *compute(void *state, OrtKernelContext *ctx) {
     return ORT_CALL(g_api, KernelContext_ParallelFor, ParallelForFn)(ctx, run_tile, items, 0, &wk);
 }
 
-static void destroy_kernel(void *state) { free(state); }
 static const char *op_name(const OrtCustomOp *op) { (void)op; return "QMatMul"; }
-static const char *op_provider(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int input_type(const OrtCustomOp *op, size_t i) { (void)op; return i == 1 ? TYPE_UINT8 : i == 3 ? TYPE_INT64 : TYPE_FLOAT; }
 static size_t input_count(const OrtCustomOp *op) { (void)op; return 5; }
-static int output_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return TYPE_FLOAT; }
 static size_t output_count(const OrtCustomOp *op) { (void)op; return 1; }
 static int input_characteristic(const OrtCustomOp *op, size_t i) { (void)op; return i == 4 ? IO_OPTIONAL : IO_REQUIRED; }
-static int required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return IO_REQUIRED; }
-static int default_memory(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return MEM_DEFAULT; }
-static int one(const OrtCustomOp *op) { (void)op; return 1; }
-static int start_version(const OrtCustomOp *op) { (void)op; return 1; }
-static int end_version(const OrtCustomOp *op) { (void)op; return 2147483647; }
-static size_t no_pairs(int **a, int **b) { *a = NULL; *b = NULL; return 0; }
-static void release_pairs(int *a, int *b) { (void)a; (void)b; }
 
 static OrtCustomOp g_op = {
     .version = ORT_API_USED,
     .GetName = op_name,
-    .GetExecutionProviderType = op_provider,
+    .GetExecutionProviderType = specops_cpu,
     .GetInputType = input_type,
     .GetInputTypeCount = input_count,
-    .GetOutputType = output_type,
+    .GetOutputType = specops_float,
     .GetOutputTypeCount = output_count,
-    .KernelDestroy = destroy_kernel,
+    .KernelDestroy = specops_free_state,
     .GetInputCharacteristic = input_characteristic,
-    .GetOutputCharacteristic = required,
-    .GetInputMemoryType = default_memory,
-    .GetVariadicInputMinArity = one,
-    .GetVariadicInputHomogeneity = one,
-    .GetVariadicOutputMinArity = one,
-    .GetVariadicOutputHomogeneity = one,
+    .GetOutputCharacteristic = specops_required,
+    .GetInputMemoryType = specops_default_memory,
+    .GetVariadicInputMinArity = specops_one,
+    .GetVariadicInputHomogeneity = specops_one,
+    .GetVariadicOutputMinArity = specops_one,
+    .GetVariadicOutputHomogeneity = specops_one,
     .CreateKernelV2 = create_kernel,
     .KernelComputeV2 = compute,
-    .GetStartVersion = start_version,
-    .GetEndVersion = end_version,
-    .GetMayInplace = no_pairs,
-    .ReleaseMayInplace = release_pairs,
-    .GetAliasMap = no_pairs,
-    .ReleaseAliasMap = release_pairs,
+    .GetStartVersion = specops_one,
+    .GetEndVersion = specops_any_version,
+    .GetMayInplace = specops_no_pairs,
+    .ReleaseMayInplace = specops_release_pairs,
+    .GetAliasMap = specops_no_pairs,
+    .ReleaseAliasMap = specops_release_pairs,
 };
 
 /* The entry point onnxruntime's register_custom_ops_library calls. */

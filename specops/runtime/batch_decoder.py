@@ -222,13 +222,12 @@ class BatchDecoder:
 
     def move(self, src: int, dst: int) -> None:
         """Copy slot `src`'s cache into slot `dst` (its live part only); `src` becomes empty."""
-        n = int(self.lengths[src])
-        n = min(-(-n // ragged_graph.KEY_BLOCK) * ragged_graph.KEY_BLOCK, self._kv[0][0].shape[2])  # whole key blocks
+        live = int(self.lengths[src])
+        n = min(-(-live // ragged_graph.KEY_BLOCK) * ragged_graph.KEY_BLOCK, self._kv[0][0].shape[2])  # whole key blocks
         for k, v in self._kv:
             k[dst, :, :n] = k[src, :, :n]
             v[dst, :, :n] = v[src, :, :n]
-        n = int(self.lengths[src])
-        self.lengths[dst], self.lengths[src] = n, 0
+        self.lengths[dst], self.lengths[src] = live, 0
 
     def _range(self, start: int, stop: int) -> list[tuple[ort.OrtValue, ort.OrtValue]]:
         """OrtValues over slots start..stop-1 of every layer's buffers (views, no copy)."""
