@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
 from specops.bench import emit_report  # noqa: E402
-from specops.config import DEFAULT_MODEL, Settings  # noqa: E402
-from specops.model_source import local_folder  # noqa: E402
+from specops.config import Settings  # noqa: E402
+from specops.model_source import sync_paths  # noqa: E402
 from specops.runtime.batch_decoder import BatchDecoder  # noqa: E402
 from specops.runtime.decoder import SessionConfig  # noqa: E402
 from specops.runtime.model_folder import read_model_folder  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     settings = Settings()
-    spec = read_model_folder(local_folder(DEFAULT_MODEL, settings))
+    spec = read_model_folder(sync_paths(settings).target)
     report = {"bench": "pass_profile", "decoding": args.decoding, "context": args.context, "chunk": args.chunk,
               "prompt_at": args.prompt_at, "passes": args.passes}
     for name in ("decoding_only", "mixed"):  # a session each, so that each trace holds its own passes

@@ -151,6 +151,7 @@ def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calib
     engine = BatchEngine(batch, tokenizer, cost, make_draft, (settings.ngram_min, settings.ngram_max),
                          settings.prefill_chunk)
     engine.budget.stall = settings.prefill_stall
+    engine.budget.floor = min(settings.prefill_min_chunk, settings.prefill_chunk)
     return engine
 
 

@@ -36,3 +36,14 @@ def test_decoding_passes_update_their_own_cost():
     budget.observe(rows=3, tokens=0, positions=0, seconds=0.02)
     assert budget.decode_s(3) == pytest.approx(0.02)
     assert budget.decode_s(6) == pytest.approx(0.04)  # beyond the measured: in proportion to rows
+
+
+def test_a_long_prompt_never_reads_fewer_than_the_floor_beside_streams():
+    """At thousands of positions the stall allows a few tokens only; the floor keeps the prompt's
+    own rate (its chunk pays the pass's fixed cost)."""
+    budget = PromptBudget(chunk=512, stall=2.5, floor=32)
+    budget.seed([0.011, 0.012])
+    budget.alpha, budget.beta = 1e-4, 1e-6  # attention to each key: 7 ms a token at 7000 positions
+    assert budget.tokens(rows=1, start=7000, remaining=5000) == 32
+    assert budget.tokens(rows=1, start=7000, remaining=20) == 20
+    assert budget.tokens(rows=1, start=0, remaining=5000) > 32  # early on the stall allows more

@@ -4,7 +4,9 @@ A joining prompt is read in chunks that share passes with the running sequences 
 prefill): a long chunk stalls every running stream for its whole pass, a short one makes the
 prompt pay a pass's fixed cost (every weight read) per few tokens. Alone, a prompt runs `chunk`
 tokens a pass, at full speed. Beside decoding rows it gets as many tokens as keep the pass within
-`stall` times a decoding-only pass, from a model of what passes cost, learnt as they run:
+`stall` times a decoding-only pass, but never fewer than `floor` (a chunk of a few tokens pays a
+pass's fixed cost for little: at 3500 positions a 16-token chunk costs 1.4x a 512-token chunk's CPU
+time per token, a 32-token chunk 1.1x), from a model of what passes cost, learnt as they run:
 
     pass seconds = decode(rows) + alpha * prompt tokens + beta * sum of their positions
 
@@ -26,7 +28,8 @@ from .adaptive import Ema
 class PromptBudget:
     chunk: int = 512          # prompt tokens a pass when nothing else decodes (Settings.prefill_chunk)
     stall: float = 2.5        # a shared pass may cost up to this many decoding-only passes
-    floor: int = 16           # never fewer prompt tokens a pass (a prompt always progresses)
+    floor: int = 32           # never fewer prompt tokens a pass (Settings.prefill_min_chunk): the prompt's
+                              # own rate, not only the streams', counts
     alpha: float = 2e-4       # prior: seconds per prompt token (replaced by measurements)
     beta: float = 1e-7        # prior: seconds per prompt token and attended position
     decode: dict[int, Ema] = field(default_factory=dict)  # decoding rows -> seconds of such a pass
