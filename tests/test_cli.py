@@ -61,7 +61,7 @@ def test_help_lists_every_setting(command):
 
 
 COMMANDS = ["serve", "generate", "prepare", "profile", "bench"]
-BENCH = ["speculators", "serve", "curves", "soak", "join"]
+BENCH = ["speculators", "serve", "curves", "soak", "join", "attention"]
 
 
 def test_python_m_specops_is_the_command_line():
@@ -123,3 +123,20 @@ def test_a_bench_run_records_its_command_and_machine(tmp_path):
     assert report["run"]["command"].startswith("specops bench speculators --sets copy")
     assert report["run"]["machine"]["cpus"] >= 1 and report["run"]["date"]
     assert set(report["sets"]["copy"]["speculators"]) == {"none", "ngram"}
+
+
+def test_the_attention_bench_times_both_operators_on_the_same_passes(tmp_path):
+    """`specops bench attention`, tiny: each case names both operators' times (skipped where
+    specops' kernel library cannot run)."""
+    from specops.runtime import kernels
+
+    try:
+        kernels.library(kernels.default_cache_dir())
+    except kernels.KernelUnavailable as err:
+        pytest.skip(f"specops' kernel library cannot run here: {err}")
+    out = run_cli("bench", "attention", "--past", "0,40", "--rows", "1,5", "--repeats", "1",
+                  "--json", str(tmp_path / "a.json"))
+    assert out.returncode == 0, out.stderr
+    cases = json.loads((tmp_path / "a.json").read_text())["cases"]
+    assert [(c["past"], c["rows"]) for c in cases] == [(0, 1), (0, 5), (40, 1), (40, 5)]
+    assert all(c["specops_cpu_ms"] > 0 and c["onnxruntime_cpu_ms"] > 0 for c in cases)

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "curves": ("curves", "a target pass's cost over 1..N tokens, per kernel"),
     "soak": ("soak", "a long mixed load against a server, and its verdict"),
     "join": ("join", "a long prompt joining a running stream: the stream's gaps, the prompt's latency"),
+    "attention": ("attention", "specops.Attention against onnxruntime's GroupQueryAttention, one layer"),
 }
 
 
@@ -32,7 +33,7 @@ def _module(name: str):
 
 def add_parser(sub) -> None:
     """Adds `bench` and its subcommands to the `specops` subparsers `sub`."""
-    bench = sub.add_parser("bench", help="measure speed on this machine: speculators, serve, curves, soak, join",
+    bench = sub.add_parser("bench", help="measure speed on this machine: speculators, serve, curves, soak, join, attention",
                            description="Benchmarks (scripts, not tests): each prints one JSON report "
                                        "and writes it with --json.",
                            formatter_class=_OneLineFormatter)
