@@ -29,6 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .cgroup import read_memory_limit
+from .runtime.ragged import KEY_BLOCK
 
 MiB = 1 << 20
 PREPACKED_MARKER = "prepacked.json"  # written by scripts/prepack_target.py
@@ -65,8 +66,9 @@ def kv_bytes_per_token(m: ModelFigures) -> int:
 
 
 def kv_cache_bytes(m: ModelFigures, cap: int) -> int:
-    """The cache at the cap (a model never holds more than its own context), copies included."""
-    return min(cap, m.context_length) * kv_bytes_per_token(m) * m.kv_copies
+    """The cache at the cap (a model never holds more than its own context), rounded up to whole
+    key blocks as the attention operator allocates it, copies included."""
+    return -(-min(cap, m.context_length) // KEY_BLOCK) * KEY_BLOCK * kv_bytes_per_token(m) * m.kv_copies
 
 
 def prefill_scratch_bytes(m: ModelFigures, chunk: int, cap: int) -> int:
