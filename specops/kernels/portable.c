@@ -1,0 +1,184 @@
+/* The portable build of specops' kernels: QMatMul's fp32 path and Attention's micro-kernels in
+ * plain C, for CPUs with AVX2 and FMA but no AVX-512 (Zen 2/3, Haswell to client Xeons).
+ *
+ * kernels.py compiles qmatmul.c, attention.c and this file a second time with -DSPECOPS_PORTABLE
+ * (which leaves their AVX-512 and AMX code out) and `-O3 -mavx2 -mfma -ffp-contract=off`. The
+ * invariance the service needs (a row's result does not depend on how many rows share its pass)
+ * then follows from the code itself: every sum below is written in one fixed order, each row on
+ * its own, multiply-adds are explicit (fmaf, _mm256_fmadd_ps: one rounding), and with contraction
+ * off the compiler fuses nothing else, so the vectorizer may spread independent columns, keys or
+ * dimensions over lanes but never reorders a sum. The numbers are the AVX-512 build's maths, not its bits (its lane reductions differ).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "portable.h"
+
+enum { TILE = 16, BLOCK = 32, KEYS = 16, GROUP = 48 };
+
+int specops_portable_cpu(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* ---- QMatMul, fp32 ---------------------------------------------------------------------------- */
+/* One tile's block as w[k][column] = code - zp (exact in fp32). 4 bits: chunk c's 32-bit word of
+ * column j holds k = 8c + n/2 + 4 (n % 2) in its nibble n; 8 bits: step s's word, k = 4s + byte. */
+static inline __attribute__((always_inline)) void block_values(const uint8_t *block, const int bits, float zp,
+                                                                float w[BLOCK][TILE]) {
+    const __m256 z = _mm256_set1_ps(zp);
+    const __m256i mask = _mm256_set1_epi32(bits == 4 ? 15 : 255);
+    for (int c = 0; c < (bits == 4 ? 4 : 8); c++) {
+        const __m256i v[2] = {_mm256_loadu_si256((const __m256i *)(block + 64 * c)),
+                              _mm256_loadu_si256((const __m256i *)(block + 64 * c + 32))};
+        for (int n = 0; n < 32 / bits; n++) {
+            const int k = bits == 4 ? 8 * c + n / 2 + 4 * (n % 2) : 4 * c + n;
+            for (int h = 0; h < 2; h++) {
+                const __m256i code = _mm256_and_si256(_mm256_srli_epi32(v[h], bits * n), mask);
+                _mm256_store_ps(w[k] + 8 * h, _mm256_sub_ps(_mm256_cvtepi32_ps(code), z));
+            }
+        }
+    }
+}
+
+/* One row's block: a . code for 16 columns (halves of 8) in four chains, k mod 4 picking the
+ * chain, k ascending, each step one fused multiply-add; dot[h] = (c0 + c1) + (c2 + c3). */
+static inline __attribute__((always_inline)) void block_dot(const float *x, const float w[BLOCK][TILE], __m256 dot[2]) {
+    __m256 c[4][2];
+    for (int i = 0; i < 4; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < BLOCK; k += 4)
+        for (int i = 0; i < 4; i++) {
+            const __m256 xk = _mm256_broadcast_ss(x + k + i);
+            for (int h = 0; h < 2; h++) c[i][h] = _mm256_fmadd_ps(xk, _mm256_load_ps(w[k + i] + 8 * h), c[i][h]);
+        }
+    for (int h = 0; h < 2; h++) dot[h] = _mm256_add_ps(_mm256_add_ps(c[0][h], c[1][h]), _mm256_add_ps(c[2][h], c[3][h]));
+}
+
+/* Per row and block: block_dot, times d, plus m * the block's activation sum; blocks in order.
+ * A block is unpacked once for every row of the call. */
+void specops_portable_fp32_rows(const float *a, const float *asum, int64_t K, const uint8_t *w, const float *wscale,
+                                const float *wmin, float zero_point, int bits, float *y, int64_t N, int64_t t,
+                                int rows) {
+    const int64_t KB = K / BLOCK;
+    const uint8_t *wt = w + t * KB * 64 * bits;
+    const float *st = wscale + t * KB * TILE, *mt = wmin ? wmin + t * KB * TILE : NULL;
+    float acc[GROUP][TILE] __attribute__((aligned(32))), wv[BLOCK][TILE] __attribute__((aligned(32)));
+    for (int done = 0; done < rows; done += GROUP) {  /* the caller's groups are at most GROUP rows */
+        const int n = rows - done < GROUP ? rows - done : GROUP;
+        memset(acc, 0, sizeof acc);
+        for (int64_t kb = 0; kb < KB; kb++) {
+            if (bits == 4) block_values(wt + kb * 256, 4, zero_point, wv);  /* constant widths: unrolled */
+            else block_values(wt + kb * 512, 8, zero_point, wv);
+            for (int r = 0; r < n; r++) {
+                __m256 dot[2];
+                block_dot(a + (done + r) * K + kb * BLOCK, wv, dot);
+                for (int h = 0; h < 2; h++) {
+                    __m256 v = _mm256_fmadd_ps(dot[h], _mm256_loadu_ps(st + kb * TILE + 8 * h),
+                                               _mm256_load_ps(acc[r] + 8 * h));
+                    if (mt) v = _mm256_fmadd_ps(_mm256_loadu_ps(mt + kb * TILE + 8 * h),
+                                                _mm256_set1_ps(asum[(done + r) * KB + kb]), v);
+                    _mm256_store_ps(acc[r] + 8 * h, v);
+                }
+            }
+        }
+        for (int r = 0; r < n; r++) memcpy(y + (done + r) * N + t * TILE, acc[r], sizeof acc[r]);
+    }
+}
+
+/* Eight lanes (lane i: x[i], x[i+8], x[i+16], x[i+24] in that order), then halves added. */
+void specops_portable_block_sums(const float *a, int64_t blocks, float *asum) {
+    for (int64_t b = 0; b < blocks; b++) {
+        const float *x = a + b * BLOCK;
+        float s[8];
+        for (int i = 0; i < 8; i++) s[i] = ((x[i] + x[i + 8]) + x[i + 16]) + x[i + 24];
+        for (int w = 4; w; w >>= 1)
+            for (int i = 0; i < w; i++) s[i] += s[i + w];
+        asum[b] = s[0];
+    }
+}
+
+/* ---- Attention ---------------------------------------------------------------------------------- */
+/* Scores of NQ query vectors (NQ = 4 or 1: the same sums either way) against one block of 16 keys
+ * ([D][16]): per key, sum over d from 0 of fmaf(q_d, k_d), then times the scale. */
+static inline __attribute__((always_inline)) void scores_of(const float *const *q, const float *k, int64_t D,
+                                                             float scale, float *const *out, int64_t at, const int NQ) {
+    float acc[4][KEYS] = {{0}};
+    for (int64_t d = 0; d < D; d++)
+        for (int i = 0; i < NQ; i++) {
+            const float x = q[i][d];
+            for (int j = 0; j < KEYS; j++) acc[i][j] = fmaf(x, k[d * KEYS + j], acc[i][j]);
+        }
+    for (int i = 0; i < NQ; i++)
+        for (int j = 0; j < KEYS; j++) out[i][at + j] = acc[i][j] * scale;
+}
+
+void specops_portable_scores(const float *const *q, const float *kb, int64_t D, float scale, float *const *srow,
+                             int64_t at, int nq, int nb) {
+    for (int b = 0; b < nb; b++) {
+        int i = 0;
+        for (; i + 4 <= nq; i += 4) scores_of(q + i, kb + b * KEYS * D, D, scale, srow + i, at + b * KEYS, 4);
+        for (; i < nq; i++) scores_of(q + i, kb + b * KEYS * D, D, scale, srow + i, at + b * KEYS, 1);
+    }
+}
+
+/* acc_i[16 nc dims] += e_i[j] v[j] for keys j = j0..j1-1 below len_i, in order of j. */
+static inline __attribute__((always_inline)) void values_of(const float *e, int64_t end, const float *v, int64_t D,
+                                                             int64_t j0, float *acc_row, const int WIDTH) {
+    float acc[2 * KEYS];
+    memcpy(acc, acc_row, WIDTH * sizeof(float));
+    for (int64_t j = j0; j < end; j++) {
+        const float w = e[j];
+        for (int c = 0; c < WIDTH; c++) acc[c] = fmaf(w, v[j * D + c], acc[c]);
+    }
+    memcpy(acc_row, acc, WIDTH * sizeof(float));
+}
+
+void specops_portable_values(const float *const *e, const int64_t *len, const float *v, int64_t D, int64_t j0,
+                             int64_t j1, float *const *acc_row, int nq, int nc) {
+    for (int i = 0; i < nq; i++) {
+        const int64_t end = len[i] < j1 ? len[i] : j1;
+        if (nc == 2) values_of(e[i], end, v, D, j0, acc_row[i], 2 * KEYS);
+        else values_of(e[i], end, v, D, j0, acc_row[i], KEYS);
+    }
+}
+
+/* e^x for x <= 0 (Cephes' expf, as attention.c's: x = n ln2 + r, a degree-6 polynomial in r,
+ * 2^n from its exponent bits); x is held at -87 or above (2^n stays a normal number; e^-87 is
+ * 1.6e-38, nothing beside a softmax's largest weight, 1). */
+static inline float exp_nonpositive(float x) {
+    const float magic = 12582912.0f;  /* 1.5 * 2^23: adding and subtracting it rounds to the nearest integer */
+    x = x > -87.0f ? x : -87.0f;
+    const float n = (x * 1.44269504088896341f + magic) - magic;
+    float r = fmaf(-n, 0.693359375f, x);
+    r = fmaf(-n, -2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r + 1.0f);
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return p * two_n;
+}
+
+/* Softmax weights of s[0..len) in place (zeros after, to the block's end); 1 / their sum, summed
+ * in 16 lanes (lane i: keys j = i mod 16, in order of j), the lanes then added halves first. */
+float specops_portable_softmax(float *s, int64_t len) {
+    float top = -INFINITY;
+    for (int64_t j = 0; j < len; j++) top = s[j] > top ? s[j] : top;
+    float lanes[KEYS] = {0};
+    for (int64_t b = 0; b < len; b += KEYS)
+        for (int i = 0; i < KEYS; i++) {
+            const float e = b + i < len ? exp_nonpositive(s[b + i] - top) : 0.0f;
+            s[b + i] = e;
+            lanes[i] += e;
+        }
+    for (int w = KEYS / 2; w; w >>= 1)
+        for (int i = 0; i < w; i++) lanes[i] += lanes[i + w];
+    return 1.0f / lanes[0];
+}
