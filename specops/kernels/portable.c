@@ -5,7 +5,7 @@
  * (which leaves their AVX-512 and AMX code out) and `-O3 -mavx2 -mfma -ffp-contract=off`. The
  * invariance the service needs (a row's result does not depend on how many rows share its pass)
  * then follows from the code itself: every sum below is written in one fixed order, each row on
- * its own, multiply-adds are explicit (fmaf, _mm256_fmadd_ps: one rounding), and with contraction
+ * its own, multiply-adds are explicit (_mm256_fmadd_ps: one rounding), and with contraction
  * off the compiler fuses nothing else, so the vectorizer may spread independent columns, keys or
  * dimensions over lanes but never reorders a sum. The numbers are the AVX-512 build's maths, not its bits (its lane reductions differ).
  */
@@ -100,18 +100,24 @@ void specops_portable_block_sums(const float *a, int64_t blocks, float *asum) {
 }
 
 /* ---- Attention ---------------------------------------------------------------------------------- */
+#define INLINE static inline __attribute__((always_inline))
+
 /* Scores of NQ query vectors (NQ = 4 or 1: the same sums either way) against one block of 16 keys
- * ([D][16]): per key, sum over d from 0 of fmaf(q_d, k_d), then times the scale. */
-static inline __attribute__((always_inline)) void scores_of(const float *const *q, const float *k, int64_t D,
-                                                             float scale, float *const *out, int64_t at, const int NQ) {
-    float acc[4][KEYS] = {{0}};
-    for (int64_t d = 0; d < D; d++)
+ * ([D][16]): per key, sum over d from 0 of fused q_d k_d, then times the scale. */
+INLINE void scores_of(const float *const *q, const float *k, int64_t D, float scale, float *const *out, int64_t at,
+                      const int NQ) {
+    __m256 acc[4][2];
+    for (int i = 0; i < NQ; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; d++) {
+        const __m256 k0 = _mm256_loadu_ps(k + d * KEYS), k1 = _mm256_loadu_ps(k + d * KEYS + 8);
         for (int i = 0; i < NQ; i++) {
-            const float x = q[i][d];
-            for (int j = 0; j < KEYS; j++) acc[i][j] = fmaf(x, k[d * KEYS + j], acc[i][j]);
+            const __m256 x = _mm256_broadcast_ss(q[i] + d);
+            acc[i][0] = _mm256_fmadd_ps(x, k0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(x, k1, acc[i][1]);
         }
+    }
     for (int i = 0; i < NQ; i++)
-        for (int j = 0; j < KEYS; j++) out[i][at + j] = acc[i][j] * scale;
+        for (int h = 0; h < 2; h++) _mm256_storeu_ps(out[i] + at + 8 * h, _mm256_mul_ps(acc[i][h], _mm256_set1_ps(scale)));
 }
 
 void specops_portable_scores(const float *const *q, const float *kb, int64_t D, float scale, float *const *srow,
@@ -123,62 +129,92 @@ void specops_portable_scores(const float *const *q, const float *kb, int64_t D, 
     }
 }
 
-/* acc_i[16 nc dims] += e_i[j] v[j] for keys j = j0..j1-1 below len_i, in order of j. */
-static inline __attribute__((always_inline)) void values_of(const float *e, int64_t end, const float *v, int64_t D,
-                                                             int64_t j0, float *acc_row, const int WIDTH) {
-    float acc[2 * KEYS];
-    memcpy(acc, acc_row, WIDTH * sizeof(float));
+/* acc_i[8 NV dims] += e_i[j] v[j] for keys j = j0..end-1, in order of j, for NQ query vectors
+ * that all see those keys: one fused multiply-add per key and dimension, whatever NQ is. */
+INLINE void values_of(const float *const *e, const float *v, int64_t D, int64_t j0, int64_t end,
+                      float *const *acc_row, const int NQ, const int NV) {
+    __m256 acc[4][4];
+    for (int i = 0; i < NQ; i++)
+        for (int c = 0; c < NV; c++) acc[i][c] = _mm256_loadu_ps(acc_row[i] + 8 * c);
     for (int64_t j = j0; j < end; j++) {
-        const float w = e[j];
-        for (int c = 0; c < WIDTH; c++) acc[c] = fmaf(w, v[j * D + c], acc[c]);
+        __m256 x[4];
+        for (int c = 0; c < NV; c++) x[c] = _mm256_loadu_ps(v + j * D + 8 * c);
+        for (int i = 0; i < NQ; i++) {
+            const __m256 w = _mm256_broadcast_ss(e[i] + j);
+            for (int c = 0; c < NV; c++) acc[i][c] = _mm256_fmadd_ps(w, x[c], acc[i][c]);
+        }
     }
-    memcpy(acc_row, acc, WIDTH * sizeof(float));
+    for (int i = 0; i < NQ; i++)
+        for (int c = 0; c < NV; c++) _mm256_storeu_ps(acc_row[i] + 8 * c, acc[i][c]);
 }
 
+/* acc_i[16 nc dims] += e_i[j] v[j] for keys j = j0..j1-1 below len_i (lengths ascend with i):
+ * groups of query vectors over the keys all of them see, then each alone over the rest. */
 void specops_portable_values(const float *const *e, const int64_t *len, const float *v, int64_t D, int64_t j0,
                              int64_t j1, float *const *acc_row, int nq, int nc) {
-    for (int i = 0; i < nq; i++) {
-        const int64_t end = len[i] < j1 ? len[i] : j1;
-        if (nc == 2) values_of(e[i], end, v, D, j0, acc_row[i], 2 * KEYS);
-        else values_of(e[i], end, v, D, j0, acc_row[i], KEYS);
+    const int group = nc == 2 ? 2 : 4;  /* 8 accumulators in registers */
+    for (int i0 = 0; i0 < nq; i0 += group) {
+        const int n = nq - i0 < group ? nq - i0 : group;
+        const int64_t common = len[i0] < j1 ? len[i0] : j1;
+        if (n == group && common > j0) {
+            if (nc == 2) values_of(e + i0, v, D, j0, common, acc_row + i0, 2, 4);
+            else values_of(e + i0, v, D, j0, common, acc_row + i0, 4, 2);
+        }
+        for (int i = i0; i < i0 + n; i++) {
+            const int64_t from = n == group && common > j0 ? common : j0, end = len[i] < j1 ? len[i] : j1;
+            if (nc == 2) values_of(e + i, v, D, from, end, acc_row + i, 1, 4);
+            else values_of(e + i, v, D, from, end, acc_row + i, 1, 2);
+        }
     }
 }
 
 /* e^x for x <= 0 (Cephes' expf, as attention.c's: x = n ln2 + r, a degree-6 polynomial in r,
  * 2^n from its exponent bits); x is held at -87 or above (2^n stays a normal number; e^-87 is
  * 1.6e-38, nothing beside a softmax's largest weight, 1). */
-static inline float exp_nonpositive(float x) {
-    const float magic = 12582912.0f;  /* 1.5 * 2^23: adding and subtracting it rounds to the nearest integer */
-    x = x > -87.0f ? x : -87.0f;
-    const float n = (x * 1.44269504088896341f + magic) - magic;
-    float r = fmaf(-n, 0.693359375f, x);
-    r = fmaf(-n, -2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r + 1.0f);
-    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
+INLINE __m256 exp_nonpositive(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
 }
 
 /* Softmax weights of s[0..len) in place (zeros after, to the block's end); 1 / their sum, summed
- * in 16 lanes (lane i: keys j = i mod 16, in order of j), the lanes then added halves first. */
+ * in 16 lanes (lane i: keys j = i mod 16, in order of j; a dead lane adds +0), the lanes then
+ * added halves first (i + 8 into i, then i + 4, i + 2, i + 1). */
 float specops_portable_softmax(float *s, int64_t len) {
+    const int64_t blocks = (len + KEYS - 1) / KEYS;
+    __m256 m = _mm256_set1_ps(-INFINITY);
+    for (int64_t j = 0; j + 8 <= len; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(s + j));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, m);
     float top = -INFINITY;
-    for (int64_t j = 0; j < len; j++) top = s[j] > top ? s[j] : top;
-    float lanes[KEYS] = {0};
-    for (int64_t b = 0; b < len; b += KEYS)
-        for (int i = 0; i < KEYS; i++) {
-            const float e = b + i < len ? exp_nonpositive(s[b + i] - top) : 0.0f;
-            s[b + i] = e;
-            lanes[i] += e;
+    for (int i = 0; i < 8; i++) top = lanes[i] > top ? lanes[i] : top;
+    for (int64_t j = len / 8 * 8; j < len; j++) top = s[j] > top ? s[j] : top;  /* a maximum: any order */
+    const __m256 t = _mm256_set1_ps(top);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < blocks; b++)
+        for (int h = 0; h < 2; h++) {
+            const int64_t left = len - b * KEYS - 8 * h;  /* live keys from here on */
+            const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(left > 8 ? 8 : (int)left), lane));
+            float *at = s + b * KEYS + 8 * h;
+            const __m256 e = _mm256_and_ps(live, exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(at), t)));
+            _mm256_storeu_ps(at, e);
+            sum[h] = _mm256_add_ps(sum[h], e);
         }
-    for (int w = KEYS / 2; w; w >>= 1)
-        for (int i = 0; i < w; i++) lanes[i] += lanes[i + w];
-    return 1.0f / lanes[0];
+    const __m256 s8 = _mm256_add_ps(sum[0], sum[1]);  /* lanes i + 8 into i */
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return 1.0f / _mm_cvtss_f32(s1);
 }
