@@ -309,6 +309,41 @@ def test_a_cache_that_cannot_be_written_falls_back(tmp_path):
     assert decoder.kernel == "stock" and str(blocked) in decoder.kernel_note
 
 
+def test_auto_takes_the_portable_build_where_the_cpu_lacks_avx512(monkeypatch):
+    """Where the AVX-512 build's library says the CPU lacks its instructions (simulated: this CPU
+    has them), auto serves the portable build: fp32 on fp32-portable, ragged passes; where the
+    portable one lacks them too, stock with both reasons; a build named in the setting is kept."""
+    real = kernels._loaded
+    lacking = {"avx512"}
+
+    def loaded(directory, which):
+        if which in lacking:
+            raise kernels._CpuLacks(f"this CPU lacks {kernels.NEEDS[which]}, which the tiled kernel's {which} build needs")
+        return real(directory, which)
+
+    monkeypatch.setattr(kernels, "_loaded", loaded)
+    spec = read_model_folder(TARGET)
+    try:
+        for cache in (kernels.library, paths.path_report):
+            cache.cache_clear()
+        if not _cpu_runs_it():
+            pytest.skip("no build of the tiled kernel runs here")
+        assert kernels.build_of(kernels.library()) == "portable"
+        auto = BatchDecoder(spec, SessionConfig(kernel="auto"), 2, 64)
+        assert (auto.kernel, auto.build, auto.precision, auto.kernel_path) == ("tiled", "portable", "fp32", "fp32-portable")
+        assert auto.ragged and "portable build" in auto.attention
+        assert paths.precision_report()["int8"].startswith("not in the portable build")
+        with pytest.raises(ModelFolderError, match="lacks AVX-512"):
+            BatchDecoder(spec, SessionConfig(kernel="tiled", kernel_build="avx512"), 1, 64)
+        lacking.add("portable")
+        kernels.library.cache_clear()
+        kernel, why = resolve_kernel("auto", spec)
+        assert kernel == "stock" and "AVX-512 (F, BW)" in why and "AVX2 and FMA" in why
+    finally:
+        for cache in (kernels.library, paths.path_report):
+            cache.cache_clear()
+
+
 def test_other_layouts_and_prepacked_folders_stay_on_stock(tmp_path):
     draft = read_model_folder("models/draft")  # Optimum layout: concat cache, plain Decoder
     kernel, why = resolve_kernel("auto", draft)
@@ -335,6 +370,9 @@ def test_the_kernel_cache_follows_the_settings(monkeypatch, tmp_path):
     assert kernel_cache(Settings(model_cache_dir=str(tmp_path))) == tmp_path / "kernels"
     assert kernel_cache(Settings(kernel_cache_dir=str(tmp_path / "k"))) == tmp_path / "k"
     assert target_config(Settings(model_cache_dir=str(tmp_path))).kernel_cache == str(tmp_path / "kernels")
+    assert target_config(Settings()).kernel_build == "auto"
+    monkeypatch.setenv("SPECOPS_KERNEL_BUILD", "portable")  # forces the portable build, e.g. to measure it
+    assert target_config(Settings()).kernel_build == "portable"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert kernels.default_cache_dir() == tmp_path / "specops" / "kernels"
 
