@@ -29,8 +29,9 @@
  *   are one vector per d; values [C][D] as the shape says. Row t writes position row_pos[t] of slot
  *   row_slot[t] before any row reads (two phases), and attends to positions 0..row_pos[t] of its
  *   slot: the caller keeps positions below a row's valid (earlier passes or earlier rows of this one).
- * The portable build (-DSPECOPS_PORTABLE) runs the same sums in the same orders through portable.c's
- * plain-C micro-kernels (score_block, weigh_values, softmax below).
+ * The portable build (-DSPECOPS_PORTABLE) runs the same sums, each in one fixed order, through
+ * portable.c's AVX2 micro-kernels (score_block, weigh_values, softmax below): the invariance is the
+ * same, the bits need not be the AVX-512 build's (l's lanes are added in its own tree).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -185,7 +186,7 @@ static float softmax(float *s, int64_t len) {
     }
     return 1.0f / _mm512_reduce_add_ps(sum);
 }
-#else  /* the portable build: the same micro-kernels in plain C (portable.c) */
+#else  /* the portable build: the same micro-kernels on AVX2 (portable.c) */
 INLINE void score_block(const float *const *q, const float *kb, int64_t D, float scale, float *const *srow,
                         int64_t at, const int NQ, const int NB) {
     specops_portable_scores(q, kb, D, scale, srow, at, NQ, NB);

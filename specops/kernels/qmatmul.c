@@ -57,7 +57,8 @@ const OrtApi *g_api;
 enum { TILE = 16, BLOCK = 32 };
 enum { FP32 = 0, BF16 = 1, INT8 = 2 };  /* precisions: the op's precision input, best path for each */
 enum { BF16_AVX512 = 3, INT8_VNNI = 4, INT8_AMX = 5, BF16_AMX = 6 };  /* or a path, named */
-enum { INT8X3 = 7, INT8X3_AMX = 8, INT8X3_VNNI = 9, FP32_PORTABLE = 10, PATHS = 11 };  /* three int8 levels: precision, paths */
+enum { INT8X3 = 7, INT8X3_AMX = 8, INT8X3_VNNI = 9 };  /* three int8 levels: precision, paths */
+enum { FP32_PORTABLE = 10, PATHS = 11 };  /* the portable build's one path (portable.c); codes in all */
 enum { ROWS_INT8 = 12, ROWS_FP32 = 4, ROWS_BF16 = 4, ROWS_X3 = 5 };  /* rows a group keeps in registers */
 #define INLINE static inline __attribute__((always_inline))
 
