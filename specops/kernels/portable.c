@@ -37,7 +37,8 @@ static inline __attribute__((always_inline)) void block_values(const uint8_t *bl
             const int k = bits == 4 ? 8 * c + n / 2 + 4 * (n % 2) : 4 * c + n;
             for (int h = 0; h < 2; h++) {
                 const __m256i code = _mm256_and_si256(_mm256_srli_epi32(v[h], bits * n), mask);
-                _mm256_store_ps(w[k] + 8 * h, _mm256_sub_ps(_mm256_cvtepi32_ps(code), z));
+                const __m256 f = _mm256_cvtepi32_ps(code);
+                _mm256_store_ps(w[k] + 8 * h, zp == 0.0f ? f : _mm256_sub_ps(f, z));  /* Q4_1: no offset */
             }
         }
     }
@@ -56,8 +57,32 @@ static inline __attribute__((always_inline)) void block_dot(const float *x, cons
     for (int h = 0; h < 2; h++) dot[h] = _mm256_add_ps(_mm256_add_ps(c[0][h], c[1][h]), _mm256_add_ps(c[2][h], c[3][h]));
 }
 
+/* block_dot for a row alone (a decoding step), the codes converted in registers as they are used
+ * instead of unpacked into w first: the same multiply-adds in the same order (k = 4m + i is step m
+ * of chain i: chunk c's low nibbles are m = 2c, its high ones m = 2c + 1), so the same bits. */
+static inline __attribute__((always_inline)) void lone_dot(const uint8_t *block, const int bits, float zp,
+                                                            const float *x, __m256 dot[2]) {
+    const __m256 z = _mm256_set1_ps(zp);
+    const __m256i mask = _mm256_set1_epi32(bits == 4 ? 15 : 255);
+    __m256 c[4][2];
+    for (int i = 0; i < 4; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
+    for (int m = 0; m < 8; m++) {  /* 4 bits: chunk m / 2, nibbles of half m % 2; 8 bits: step m */
+        const uint8_t *words = block + 64 * (bits == 4 ? m / 2 : m);
+        const __m256i v[2] = {_mm256_loadu_si256((const __m256i *)words), _mm256_loadu_si256((const __m256i *)(words + 32))};
+        for (int i = 0; i < 4; i++) {
+            const int shift = bits == 4 ? 8 * i + 4 * (m % 2) : 8 * i;
+            const __m256 xk = _mm256_broadcast_ss(x + 4 * m + i);
+            for (int h = 0; h < 2; h++) {
+                const __m256 f = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[h], shift), mask));
+                c[i][h] = _mm256_fmadd_ps(xk, zp == 0.0f ? f : _mm256_sub_ps(f, z), c[i][h]);
+            }
+        }
+    }
+    for (int h = 0; h < 2; h++) dot[h] = _mm256_add_ps(_mm256_add_ps(c[0][h], c[1][h]), _mm256_add_ps(c[2][h], c[3][h]));
+}
+
 /* Per row and block: block_dot, times d, plus m * the block's activation sum; blocks in order.
- * A block is unpacked once for every row of the call. */
+ * A block is unpacked once for every row of the call (a row alone: lone_dot). */
 void specops_portable_fp32_rows(const float *a, const float *asum, int64_t K, const uint8_t *w, const float *wscale,
                                 const float *wmin, float zero_point, int bits, float *y, int64_t N, int64_t t,
                                 int rows) {
@@ -69,11 +94,19 @@ void specops_portable_fp32_rows(const float *a, const float *asum, int64_t K, co
         const int n = rows - done < GROUP ? rows - done : GROUP;
         memset(acc, 0, sizeof acc);
         for (int64_t kb = 0; kb < KB; kb++) {
-            if (bits == 4) block_values(wt + kb * 256, 4, zero_point, wv);  /* constant widths: unrolled */
-            else block_values(wt + kb * 512, 8, zero_point, wv);
+            const uint8_t *block = wt + kb * 64 * bits;
+            if (n > 1) {  /* constant widths and offsets: unrolled */
+                if (bits == 4 && zero_point == 0.0f) block_values(block, 4, 0.0f, wv);
+                else if (bits == 4) block_values(block, 4, zero_point, wv);
+                else block_values(block, 8, zero_point, wv);
+            }
             for (int r = 0; r < n; r++) {
+                const float *x = a + (done + r) * K + kb * BLOCK;
                 __m256 dot[2];
-                block_dot(a + (done + r) * K + kb * BLOCK, wv, dot);
+                if (n > 1) block_dot(x, wv, dot);
+                else if (bits == 4 && zero_point == 0.0f) lone_dot(block, 4, 0.0f, x, dot);
+                else if (bits == 4) lone_dot(block, 4, zero_point, x, dot);
+                else lone_dot(block, 8, zero_point, x, dot);
                 for (int h = 0; h < 2; h++) {
                     __m256 v = _mm256_fmadd_ps(dot[h], _mm256_loadu_ps(st + kb * TILE + 8 * h),
                                                _mm256_load_ps(acc[r] + 8 * h));
