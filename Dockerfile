@@ -28,8 +28,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # -- kernel: specops' tiled matmul kernel (specops/kernels/qmatmul.c) compiled once for the image,
 #    so that the runtime stage needs no compiler (SPECOPS_KERNEL=auto uses it where the CPU has
-#    AVX-512, its bf16/int8/AMX paths where the CPU has those, else onnxruntime's own kernels;
-#    /health says which)
+#    AVX-512, its bf16/int8/AMX paths where the CPU has those, its portable build where the CPU
+#    has AVX2 and FMA only, else onnxruntime's own kernels; /health says which). Both builds go
+#    into /kernel.
 FROM build AS kernel
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY specops ./specops

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         "built on first use with the machine's C compiler; needs AVX-512), whose pass over k tokens costs "
         "far less than k passes; stock = onnxruntime's MLAS; auto = tiled where it builds and runs, else stock "
         "(the reason is in /health)")
+    kernel_build: Literal["auto", "avx512", "portable"] = Field(
+        "auto", description="which build of the tiled kernel: avx512 (every precision), portable (fp32 only, in plain "
+        "C for CPUs with AVX2 and FMA but no AVX-512: ragged, batch-invariant passes there too); auto = avx512 where "
+        "the CPU has AVX-512 F and BW, else portable where it has AVX2 and FMA, else stock (the reason is in /health); "
+        "portable can be forced on an AVX-512 CPU (to test or measure it)")
     kernel_precision: Literal["auto", "fp32", "int8x3", "bf16", "int8"] = Field(
         "auto", description="the tiled kernel's activations, most faithful first: fp32 (the model's own numerics), "
         "int8x3 (three int8 levels, about fp32's precision; needs AVX-512 VNNI), bf16 (needs AVX-512 BF16), int8 "

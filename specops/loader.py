@@ -62,24 +62,27 @@ def kernel_cache(settings: Settings) -> Path:
     return Path(settings.kernel_cache_dir or Path(settings.model_cache_dir) / "kernels")
 
 
-def resolve_kernel(setting: str, spec: ModelSpec, cache: Path | None = None) -> tuple[str, str | None]:
+def resolve_kernel(setting: str, spec: ModelSpec, cache: Path | None = None,
+                   which: str = "auto") -> tuple[str, str | None]:
     """The matmul kernel the target will run on, "tiled" or "stock", and why not tiled (None when
     it is, or when stock was asked for). Raises ModelFolderError when "tiled" was asked for and
-    cannot run. Only builder exports with a shared KV buffer (the batch decoder's graph) tile."""
+    cannot run. Only builder exports with a shared KV buffer (the batch decoder's graph) tile.
+    `which`: Settings.kernel_build."""
     if setting != "stock" and not (spec.layout == "builder" and spec.share_past_present):
         why = f"{spec.model_file} is not a builder export with a shared KV buffer"
         if setting == "tiled":
             raise ModelFolderError(f"the tiled kernel cannot run: {why}")
         return "stock", why
     try:
-        return kernels.resolve(setting, spec.folder, cache)
+        return kernels.resolve(setting, spec.folder, cache, which)
     except kernels.KernelUnavailable as err:
         raise ModelFolderError(f"the tiled kernel cannot run: {err}") from None
 
 
 def target_config(settings: Settings) -> SessionConfig:
     return SessionConfig(settings.intra_op_threads, settings.allow_spinning, kernel=settings.kernel,
-                         kernel_cache=str(kernel_cache(settings)), precision=settings.kernel_precision,
+                         kernel_cache=str(kernel_cache(settings)), kernel_build=settings.kernel_build,
+                         precision=settings.kernel_precision,
                          consistent=settings.consistent_passes, keep_timings=settings.cost_cache)
 
 

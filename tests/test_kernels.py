@@ -63,8 +63,16 @@ def _rows(rng, rows: int, k: int) -> np.ndarray:
     return x
 
 
+def _build(path: str) -> str:
+    """The library build to run a path on: the portable one for its path, else the one this CPU runs."""
+    return "portable" if path in paths.PORTABLE_PATHS else "auto"
+
+
 def _runs(path: str):
-    why = paths.path_report()[path] if _cpu_runs_it() else "the tiled kernel does not run here"
+    try:
+        why = paths.path_report(None, _build(path))[path]
+    except kernels.KernelUnavailable as err:
+        why = str(err)
     if why:
         pytest.skip(f"{path}: {why}")
 
@@ -90,15 +98,16 @@ def test_int8_precision_matches_stock_matmulnbits_and_rows_are_independent(bits,
 @pytest.mark.parametrize("n,k,bits,q41", [(16, 32, 4, True), (960, 576, 4, True), (576, 1536, 4, True),
                                           (96, 64, 4, False), (160, 576, 8, False), (3072, 1024, 4, False)])
 def test_every_path_computes_the_reference_and_rows_are_independent(path, n, k, bits, q41):
-    """Each path (those this CPU lacks skip, naming why) against kernels.reference_matmul (numpy,
-    float64 sums) of the same math: Q4_1 with its minimum, symmetric 4 and 8 bits; a row's result
-    is the same alone, in any group, at any position of the pass; AMX-INT8 gives VNNI's bits."""
+    """Each path (those this CPU lacks skip, naming why; fp32-portable on the portable build, which
+    AVX2 runs) against kernels.reference_matmul (numpy, float64 sums) of the same math: Q4_1 with its
+    minimum, symmetric 4 and 8 bits; a row's result is the same alone, in any group, at any position
+    of the pass; AMX-INT8 gives VNNI's bits."""
     _runs(path)
     precision = paths.precision_of(path)
     rng = np.random.default_rng(n + k + bits)
     packed, scales, zp = _weights(n, k, bits, rng, q41)
-    session = paths.matmul_session(packed, scales, n, k, bits, zp)
-    for rows in (1, 4, 7, 13, 29):  # 29: a prompt chunk's many rows (fp32's unpacked-tile form)
+    session = paths.matmul_session(packed, scales, n, k, bits, zp, which=_build(path))
+    for rows in (1, 4, 7, 13, 29, 53):  # 29: a prompt chunk's many rows (fp32's unpacked-tile form); 53: two row blocks
         x = _rows(rng, rows, k)
         got = paths.run_matmul(session, x, path)
         want = kernels.reference_matmul(x, packed, scales, n, k, bits, zp, precision)
@@ -178,7 +187,7 @@ def test_a_precision_the_cpu_lacks_is_refused_naming_why(monkeypatch):
     if not _cpu_runs_it():
         pytest.skip("the tiled kernel does not run here")
     report = {"fp32": None, "bf16": "this CPU lacks AVX-512 BF16", "int8": None}
-    monkeypatch.setattr("specops.runtime.batch_decoder.precision_report", lambda cache=None: report)
+    monkeypatch.setattr("specops.runtime.batch_decoder.precision_report", lambda cache=None, which="auto": report)
     with pytest.raises(ModelFolderError, match="precision bf16 cannot run here: this CPU lacks AVX-512 BF16"):
         BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="tiled", precision="bf16"), 1, 64)
 
@@ -186,13 +195,13 @@ def test_a_precision_the_cpu_lacks_is_refused_naming_why(monkeypatch):
 @needs_kernel
 def test_every_path_passes_its_self_check_or_says_why():
     report = paths.path_report()
-    assert report["fp32"] is None  # wherever the kernel runs
+    assert report["fp32"] is None or report["fp32-portable"] is None  # wherever the kernel runs
     for path, why in report.items():
-        assert why is None or why.startswith("this CPU lacks"), (path, why)
+        assert why is None or why.startswith(("this CPU lacks", "not in the")), (path, why)
         if why is None:
             assert paths.self_check(path) is None
     served = paths.served_paths()
-    assert served["fp32"] == "fp32" and set(served) == set(paths.precisions())
+    assert served["fp32"] in ("fp32", "fp32-portable") and set(served) == set(paths.precisions())
     if "int8-amx" in paths.cpu_paths():
         assert served["int8"] == "int8-amx"  # AMX first where it runs
 
@@ -280,8 +289,8 @@ def test_a_library_that_does_not_build_or_load_falls_back(monkeypatch, tmp_path)
     # a library onnxruntime cannot register (here: not a shared object at all): the session falls back
     fake = tmp_path / "fake.so"
     fake.write_bytes(b"\0" * 64)
-    monkeypatch.setattr("specops.runtime.batch_decoder.library", lambda cache=None: fake)
-    monkeypatch.setattr("specops.runtime.batch_decoder.resolve", lambda setting, folder, cache: ("tiled", None))
+    monkeypatch.setattr("specops.runtime.batch_decoder.library", lambda cache=None, which="auto": fake)
+    monkeypatch.setattr("specops.runtime.batch_decoder.resolve", lambda setting, folder, cache, which="auto": ("tiled", None))
     decoder = BatchDecoder(read_model_folder(TARGET), SessionConfig(kernel="auto"), 1, 64)
     assert decoder.kernel == "stock" and "onnxruntime cannot load" in decoder.kernel_note
     with pytest.raises(ModelFolderError, match="tiled kernel cannot run"):
@@ -298,6 +307,41 @@ def test_a_cache_that_cannot_be_written_falls_back(tmp_path):
     finally:
         kernels.library.cache_clear()
     assert decoder.kernel == "stock" and str(blocked) in decoder.kernel_note
+
+
+def test_auto_takes_the_portable_build_where_the_cpu_lacks_avx512(monkeypatch):
+    """Where the AVX-512 build's library says the CPU lacks its instructions (simulated: this CPU
+    has them), auto serves the portable build: fp32 on fp32-portable, ragged passes; where the
+    portable one lacks them too, stock with both reasons; a build named in the setting is kept."""
+    real = kernels._loaded
+    lacking = {"avx512"}
+
+    def loaded(directory, which):
+        if which in lacking:
+            raise kernels._CpuLacks(f"this CPU lacks {kernels.NEEDS[which]}, which the tiled kernel's {which} build needs")
+        return real(directory, which)
+
+    monkeypatch.setattr(kernels, "_loaded", loaded)
+    spec = read_model_folder(TARGET)
+    try:
+        for cache in (kernels.library, paths.path_report):
+            cache.cache_clear()
+        if not _cpu_runs_it():
+            pytest.skip("no build of the tiled kernel runs here")
+        assert kernels.build_of(kernels.library()) == "portable"
+        auto = BatchDecoder(spec, SessionConfig(kernel="auto"), 2, 64)
+        assert (auto.kernel, auto.build, auto.precision, auto.kernel_path) == ("tiled", "portable", "fp32", "fp32-portable")
+        assert auto.ragged and "portable build" in auto.attention
+        assert paths.precision_report()["int8"].startswith("not in the portable build")
+        with pytest.raises(ModelFolderError, match="lacks AVX-512"):
+            BatchDecoder(spec, SessionConfig(kernel="tiled", kernel_build="avx512"), 1, 64)
+        lacking.add("portable")
+        kernels.library.cache_clear()
+        kernel, why = resolve_kernel("auto", spec)
+        assert kernel == "stock" and "AVX-512 (F, BW)" in why and "AVX2 and FMA" in why
+    finally:
+        for cache in (kernels.library, paths.path_report):
+            cache.cache_clear()
 
 
 def test_other_layouts_and_prepacked_folders_stay_on_stock(tmp_path):
@@ -326,6 +370,9 @@ def test_the_kernel_cache_follows_the_settings(monkeypatch, tmp_path):
     assert kernel_cache(Settings(model_cache_dir=str(tmp_path))) == tmp_path / "kernels"
     assert kernel_cache(Settings(kernel_cache_dir=str(tmp_path / "k"))) == tmp_path / "k"
     assert target_config(Settings(model_cache_dir=str(tmp_path))).kernel_cache == str(tmp_path / "kernels")
+    assert target_config(Settings()).kernel_build == "auto"
+    monkeypatch.setenv("SPECOPS_KERNEL_BUILD", "portable")  # forces the portable build, e.g. to measure it
+    assert target_config(Settings()).kernel_build == "portable"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert kernels.default_cache_dir() == tmp_path / "specops" / "kernels"
 

@@ -1,6 +1,7 @@
 """Ragged passes on specops.Attention: the operator against its numpy statement and against
 onnxruntime's GroupQueryAttention, and a row's logits bit-identical in any company (alone, one
-row or k rows, beside random other sequences, prompt chunks and joins)."""
+row or k rows, beside random other sequences, prompt chunks and joins). Each on every build of the
+kernel library this CPU runs (`which`: the AVX-512 build and the portable one, which AVX2 runs)."""
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -15,11 +16,22 @@ from specops.runtime.decoder import SessionConfig
 from specops.runtime.model_folder import read_model_folder
 from specops.runtime.ragged import blocked_keys, reference_attention, unblocked_keys
 
-try:
-    LIBRARY = str(kernels.library(kernels.default_cache_dir()))
-except kernels.KernelUnavailable as err:  # no compiler or no AVX-512 here: the stock path serves
-    pytestmark = pytest.mark.skip(reason=f"specops' kernel library cannot run here: {err}")
-    LIBRARY = None
+
+def _libraries() -> tuple[dict[str, str], list[str]]:
+    """build -> its library, for the builds this machine runs; and why the others do not."""
+    found, why = {}, []
+    for which in kernels.BUILDS:
+        try:
+            found[which] = str(kernels.library(kernels.default_cache_dir(), which))
+        except kernels.KernelUnavailable as err:  # no compiler, or a CPU without the build's instructions
+            why.append(str(err))
+    return found, why
+
+
+LIBRARIES, WHY_NOT = _libraries()
+if not LIBRARIES:  # the stock path serves
+    pytestmark = pytest.mark.skip(reason=f"specops' kernel library cannot run here: {'; '.join(WHY_NOT)}")
+builds = pytest.mark.parametrize("which", list(LIBRARIES))
 
 
 def _rotary(positions: int, d: int):
@@ -27,7 +39,7 @@ def _rotary(positions: int, d: int):
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def _graph(op: str, domain: str, inputs, attrs: dict):
+def _graph(op: str, domain: str, inputs, attrs: dict, library: str | None = None):
     from onnx import TensorProto, helper
 
     types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
@@ -41,15 +53,15 @@ def _graph(op: str, domain: str, inputs, attrs: dict):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     if domain == "specops":
-        so.register_custom_ops_library(LIBRARY)
+        so.register_custom_ops_library(library)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 class Operator:
     """One specops.Attention on caches it owns (bound in place, as the decoder binds them)."""
 
-    def __init__(self, heads, kv_heads, d, slots, capacity, positions=None):
-        self.h, self.kvh, self.d = heads, kv_heads, d
+    def __init__(self, which, heads, kv_heads, d, slots, capacity, positions=None):
+        self.library, self.h, self.kvh, self.d = LIBRARIES[which], heads, kv_heads, d
         self.k = np.zeros((slots, kv_heads, capacity, d), np.float32)
         self.v = np.zeros_like(self.k)
         self.cos, self.sin = _rotary(positions or capacity, d)
@@ -60,7 +72,7 @@ class Operator:
                  "pos": np.asarray(positions, np.int32), "cos": self.cos, "sin": self.sin}
         if self.session is None:
             self.session = _graph("Attention", "specops", list(feeds.items()),
-                                  dict(num_heads=self.h, kv_num_heads=self.kvh, scale=0.0))
+                                  dict(num_heads=self.h, kv_num_heads=self.kvh, scale=0.0), self.library)
         io = self.session.io_binding()
         io.bind_output("out")
         for name, a in feeds.items():
@@ -74,10 +86,11 @@ class Operator:
         return io.get_outputs()[0].numpy()[0]
 
 
+@builds
 @pytest.mark.parametrize("heads,kv_heads,d", [(9, 3, 64), (4, 4, 96), (8, 1, 32), (32, 4, 64)])
-def test_operator_computes_its_reference(heads, kv_heads, d):
+def test_operator_computes_its_reference(which, heads, kv_heads, d):
     rng = np.random.default_rng(heads * d)
-    op = Operator(heads, kv_heads, d, slots=3, capacity=96)
+    op = Operator(which, heads, kv_heads, d, slots=3, capacity=96)
     width = (heads + 2 * kv_heads) * d
     keys, values = np.zeros((3, kv_heads, 96, d)), np.zeros((3, kv_heads, 96, d))
     passes = [([1] * 37, list(range(37))),  # a prompt
@@ -92,12 +105,13 @@ def test_operator_computes_its_reference(heads, kv_heads, d):
     assert np.array_equal(blocked_keys(unblocked_keys(op.k)), op.k)
 
 
+@builds
 @pytest.mark.parametrize("past", [0, 300, 8188])
-def test_operator_matches_onnxruntime_gqa(past):
+def test_operator_matches_onnxruntime_gqa(which, past):
     """Against GroupQueryAttention on the same rotated past (our cache, unblocked), 4 new rows."""
     heads, kv_heads, d, new = 9, 3, 64, 4
     rng = np.random.default_rng(past)
-    op = Operator(heads, kv_heads, d, slots=2, capacity=8192)
+    op = Operator(which, heads, kv_heads, d, slots=2, capacity=8192)
     width = (heads + 2 * kv_heads) * d
     for begin in range(0, past, 2048):  # the past, in chunks (slot 1)
         rows = min(2048, past - begin)
@@ -115,11 +129,13 @@ def test_operator_matches_onnxruntime_gqa(past):
 
 
 # -- the target's rows in any company (the committed small target) ------------------------------
-@pytest.fixture(scope="module")
-def ragged(target_folder):
-    batch = BatchDecoder(read_model_folder(target_folder, verify=False), SessionConfig(kernel="tiled", precision="fp32"),
+@pytest.fixture(scope="module", params=list(LIBRARIES))
+def ragged(target_folder, request):
+    batch = BatchDecoder(read_model_folder(target_folder, verify=False),
+                         SessionConfig(kernel="tiled", precision="fp32", kernel_build=request.param),
                          max_batch=4, capacity=256)
-    assert batch.ragged, batch.attention_note
+    assert batch.ragged and batch.build == request.param, batch.attention_note
+    assert batch.kernel_path == ("fp32-portable" if request.param == "portable" else "fp32")
     return batch
 
 
@@ -178,10 +194,13 @@ def test_bad_ragged_passes_are_refused(ragged):
 
 
 # -- the engine: prompts read in chunks beside decoding rows --------------------------------------
-@pytest.fixture(scope="module")
-def ragged_engine(settings):
-    engine = load_batch_engine(settings.model_copy(update={"max_batch": 3, "kernel": "tiled"}), calibrate=False)
-    assert engine.target.ragged
+@pytest.fixture(scope="module", params=list(LIBRARIES))
+def ragged_engine(settings, request):
+    engine = load_batch_engine(settings.model_copy(update={"max_batch": 3, "kernel": "tiled",
+                                                           "kernel_build": request.param}), calibrate=False)
+    assert engine.target.ragged and engine.target.build == request.param
+    if request.param == "portable":  # auto serves fp32 there, on the portable path
+        assert engine.target.precision == "fp32" and engine.target.kernel_path == "fp32-portable"
     return engine
 
 
@@ -210,3 +229,16 @@ def test_prompts_chunked_beside_decoding_rows_give_each_output_alone(ragged_engi
         ragged_engine.budget.chunk, ragged_engine.budget.floor = 512, 16
     assert shared == alone
     assert any(rows and prompt for _, rows, prompt in seen), "no pass carried prompt tokens beside decoding rows"
+
+
+def test_speculative_greedy_is_the_targets_own_bit_for_bit(ragged_engine):
+    """On ragged passes a verify row computes as a one-row step does (either build): every
+    speculator's greedy output is target-only greedy output exactly, with no near-tie to excuse."""
+    from conftest import load_prompts, prompt_ids
+
+    prompts = [prompt_ids(p, ragged_engine.tokenizer) for p in load_prompts("copy")[2:4] + load_prompts("free")[2:4]]
+    plain = SamplingParams(max_new_tokens=32, temperature=0.0, speculator="none")
+    want = [ragged_engine.generate(p, plain).token_ids for p in prompts]
+    for speculator in ("ngram", "draft"):
+        params = SamplingParams(max_new_tokens=32, temperature=0.0, speculator=speculator, adaptive_k=False, k_draft=4)
+        assert [ragged_engine.generate(p, params).token_ids for p in prompts] == want, speculator

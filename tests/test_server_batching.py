@@ -115,3 +115,23 @@ def test_a_long_prompt_joining_does_not_stop_a_running_stream(servers):
     assert gaps.max() <= max(25 * np.median(gaps), 0.25), (gaps.max(), np.median(gaps), t1 - t0)
     chunks = metric(batched.base_url, "specops_pass_prompt_tokens")
     assert chunks[("specops_pass_prompt_tokens_count", ())] > 1
+
+
+def test_the_portable_build_serves_target_only_greedy_output():
+    """SPECOPS_KERNEL_BUILD=portable (the build for CPUs without AVX-512, which this CPU runs too):
+    /health names its path, and concurrent speculative requests answer exactly what target-only
+    decoding gives each alone."""
+    server = start_server({"SPECOPS_MAX_BATCH": "4", "SPECOPS_KERNEL_BUILD": "portable"})
+    try:
+        server.wait_ready()
+        kernel = server.health().json()["models"]["kernel"]
+        if kernel["target"] != "tiled":
+            pytest.skip(f"the tiled kernel does not run here: {kernel['note']}")
+        assert (kernel["precision"], kernel["path"]) == ("fp32", "fp32-portable"), kernel
+        assert kernel["attention"].startswith("specops.Attention (ragged passes"), kernel
+        with cf.ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda p: generate(server.base_url, p, 32), PROMPTS[:4]))
+        for prompt, answer in zip(PROMPTS[:4], got):
+            assert answer["generated_text"] == generate(server.base_url, prompt, 32, speculator="none")["generated_text"]
+    finally:
+        assert server.stop() == 0

@@ -29,6 +29,9 @@
  *   are one vector per d; values [C][D] as the shape says. Row t writes position row_pos[t] of slot
  *   row_slot[t] before any row reads (two phases), and attends to positions 0..row_pos[t] of its
  *   slot: the caller keeps positions below a row's valid (earlier passes or earlier rows of this one).
+ * The portable build (-DSPECOPS_PORTABLE) runs the same sums, each in one fixed order, through
+ * portable.c's AVX2 micro-kernels (score_block, weigh_values, softmax below): the invariance is the
+ * same, the bits need not be the AVX-512 build's (l's lanes are added in its own tree).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -36,6 +39,9 @@
 #include <string.h>
 
 #include "ort_abi.h"
+#ifdef SPECOPS_PORTABLE
+#include "portable.h"
+#endif
 
 /* keys per block; query vectors a micro-kernel keeps in registers; query vectors per work item (the
  * item's scores, QITEM x keys floats, stay in L2: 1.5 MB at 8192 keys); head size */
@@ -94,6 +100,7 @@ static void write_row(void *arg, size_t t) {
 }
 
 /* ---- phase 2: attention of one work item -------------------------------------------------------- */
+#ifndef SPECOPS_PORTABLE  /* the AVX-512 micro-kernels (to softmax) */
 /* e^x for x <= 0 (Cephes' expf: x = n ln2 + r, |r| <= ln2/2, a degree-6 polynomial, 2^n by scalef);
  * below -88 it is 0 as far as a softmax cares. The same code for every element. */
 INLINE __m512 exp_nonpositive(__m512 x) {
@@ -179,6 +186,17 @@ static float softmax(float *s, int64_t len) {
     }
     return 1.0f / _mm512_reduce_add_ps(sum);
 }
+#else  /* the portable build: the same micro-kernels on AVX2 (portable.c) */
+INLINE void score_block(const float *const *q, const float *kb, int64_t D, float scale, float *const *srow,
+                        int64_t at, const int NQ, const int NB) {
+    specops_portable_scores(q, kb, D, scale, srow, at, NQ, NB);
+}
+INLINE void weigh_values(const float *const *e, const int64_t *len, const float *v, int64_t D, int64_t j0,
+                         int64_t j1, float *const *acc_row, const int NQ, const int NC) {
+    specops_portable_values(e, len, v, D, j0, j1, acc_row, NQ, NC);
+}
+static float softmax(float *s, int64_t len) { return specops_portable_softmax(s, len); }
+#endif
 
 #define BY_COUNT(call, nq)                                                                      \
     switch (nq) {                                                                               \
@@ -247,8 +265,12 @@ static void attend(void *arg, size_t item) {
     for (int64_t i = 0; i < nq; i++) {
         const int64_t t = t0 + i / G, h = g * G + i % G;
         float *out = p->out + (t * H + h) * D;
+#ifdef SPECOPS_PORTABLE
+        for (int64_t c = 0; c < D; c++) out[c] = arow[i][c] * inv[i];
+#else
         const __m512 scale = _mm512_set1_ps(inv[i]);
         for (int64_t c = 0; c < D; c += KEYS) _mm512_storeu_ps(out + c, _mm512_mul_ps(_mm512_load_ps(arow[i] + c), scale));
+#endif
     }
 }
 

@@ -29,12 +29,14 @@
  *   scales, mins [N/16, K/32, 16] float (mins optional: absent = 0).
  * Inputs: A [..., K] float, weights, scales, precision (int64 [1]: 0 fp32, 1 bf16, 2 int8 on the best
  * path here, 7 int8x3, or a path by name: 3 bf16 AVX-512, 4 int8 VNNI, 5 int8 AMX, 6 bf16 AMX, 8 int8x3
- * AMX, 9 int8x3 VNNI; a graph input,
+ * AMX, 9 int8x3 VNNI, 10 fp32 portable; a graph input,
  * so one session runs every precision and the service can time them), mins (optional).
  * Attributes: K, N, bits, zero_point (the codes' offset without mins), has_min.
  *
  * The onnxruntime ABI this library uses is declared in ort_abi.h. RegisterCustomOps (at the end)
  * registers both of the library's ops, QMatMul and Attention (attention.c), in domain "specops".
+ * The portable build (-DSPECOPS_PORTABLE, for CPUs without AVX-512; see portable.c) leaves the
+ * AVX-512 and AMX paths out by #if and runs fp32 on portable.c's kernel (path 10).
  */
 #include <immintrin.h>
 #include <stddef.h>
@@ -45,6 +47,9 @@
 #include <unistd.h>
 
 #include "ort_abi.h"
+#ifdef SPECOPS_PORTABLE
+#include "portable.h"
+#endif
 
 const OrtApi *g_api;
 
@@ -52,7 +57,8 @@ const OrtApi *g_api;
 enum { TILE = 16, BLOCK = 32 };
 enum { FP32 = 0, BF16 = 1, INT8 = 2 };  /* precisions: the op's precision input, best path for each */
 enum { BF16_AVX512 = 3, INT8_VNNI = 4, INT8_AMX = 5, BF16_AMX = 6 };  /* or a path, named */
-enum { INT8X3 = 7, INT8X3_AMX = 8, INT8X3_VNNI = 9, PATHS = 10 };  /* three int8 levels: precision, paths */
+enum { INT8X3 = 7, INT8X3_AMX = 8, INT8X3_VNNI = 9 };  /* three int8 levels: precision, paths */
+enum { FP32_PORTABLE = 10, PATHS = 11 };  /* the portable build's one path (portable.c); codes in all */
 enum { ROWS_INT8 = 12, ROWS_FP32 = 4, ROWS_BF16 = 4, ROWS_X3 = 5 };  /* rows a group keeps in registers */
 #define INLINE static inline __attribute__((always_inline))
 
@@ -72,6 +78,7 @@ typedef struct {
     int path;               /* FP32, BF16_AVX512, INT8_VNNI, INT8_AMX or BF16_AMX: which code runs */
 } Work;
 
+#ifndef SPECOPS_PORTABLE  /* the AVX-512 and AMX paths (to amx_permitted) */
 /* Inline-assembly forms with the activation broadcast from memory ({1to16}): GCC does not fold a
  * separate broadcast into these instructions by itself, and the extra uop costs. */
 INLINE __m512i dot_u8s8(__m512i d, __m512i w, const int32_t *a) {
@@ -481,6 +488,7 @@ static int amx_permitted(void) {
     }
     return granted;
 }
+#endif  /* SPECOPS_PORTABLE */
 
 /* ---- one output tile, every row, in near-equal groups of at most `most` rows ------------------ */
 #define CASES(FN, BITS, MOST)                                                       \
@@ -507,6 +515,7 @@ INLINE void groups(const Work *wk, int64_t most, void (*group)(const Work *, int
     for (int64_t m0 = begin; m0 < end; m0 += per) group(wk, t, m0, (int)(end - m0 < per ? end - m0 : per));
 }
 
+#ifndef SPECOPS_PORTABLE
 static void int8_group(const Work *wk, int64_t t, int64_t m0, int R) {
     if (wk->bits == 4) { CASES(int8_rows, 4, ROWS_INT8) } else { CASES(int8_rows, 8, ROWS_INT8) }
 }
@@ -529,6 +538,13 @@ static AMX_FN void amx_x3_group(const Work *wk, int64_t t, int64_t m0, int R) {
     if (R < AMX_INT8_FROM) x3_group(wk, t, m0, R);
     else amx_x3_rows(wk, t, m0, R);
 }
+#else  /* the portable build's fp32 path: rows m0..m0+R-1 of tile t on portable.c's kernel */
+static void portable_group(const Work *wk, int64_t t, int64_t m0, int R) {
+    specops_portable_fp32_rows(wk->a + m0 * wk->K, wk->wmin ? wk->asum + m0 * (wk->K / BLOCK) : NULL, wk->K, wk->w,
+                               wk->wscale, wk->wmin, wk->wmin ? 0.0f : (float)wk->zero_point, (int)wk->bits,
+                               wk->y + m0 * wk->N, wk->N, t, R);
+}
+#endif
 
 /* Work item i: output tile i % (N/16) for the rows of block i / (N/16). A prompt chunk's rows come
  * in blocks of ROW_BLOCK, so that a block's activations stay in cache while every tile reads them
@@ -540,6 +556,9 @@ static void run_tile(void *arg, size_t i) {
     const Work *wk = (const Work *)arg;
     const int64_t tiles = wk->N / TILE, t = (int64_t)i % tiles, begin = (int64_t)i / tiles * ROW_BLOCK;
     const int64_t end = begin + ROW_BLOCK < wk->M ? begin + ROW_BLOCK : wk->M;
+#ifdef SPECOPS_PORTABLE
+    groups(wk, ROW_BLOCK, portable_group, t, begin, end);
+#else
     switch (wk->path) {
     case FP32: groups(wk, ROWS_FP32, fp32_group, t, begin, end); break;
     case BF16_AVX512: groups(wk, ROWS_BF16, bf16_group, t, begin, end); break;
@@ -549,9 +568,11 @@ static void run_tile(void *arg, size_t i) {
     case BF16_AMX: groups(wk, ROWS_AMX, amx_bf16_rows, t, begin, end); break;
     default: groups(wk, ROWS_INT8, int8_group, t, begin, end); break;
     }
+#endif
 }
 
 /* ---- per-row preparation of the activations ---------------------------------------------------- */
+#ifndef SPECOPS_PORTABLE  /* (to bf16_pairs) */
 /* INT8, per row and block of 32: codes, scale, -zero_point * sum of codes, scale * sum of codes. */
 static void quantize_int8(const float *A, int64_t M, int64_t K, int32_t zero_point, int8_t *aq, float *ascale,
                           int32_t *azero, float *asum) {
@@ -625,6 +646,7 @@ static BF16_FN void bf16_pairs(const float *A, int64_t M, int64_t K, uint32_t *a
         }
     }
 }
+#endif  /* SPECOPS_PORTABLE */
 
 /* The calling thread's scratch buffer, grown as needed and kept: a pass calls the op once per
  * matmul, and allocating per call churns the heap (the process grew 6% in a one-minute soak that
@@ -651,13 +673,20 @@ static int prepare_rows(Work *wk) {
         if (!wk->wmin) return 1;
         float *asum = (float *)scratch_of(per_block);
         if (!asum) return 0;
+#ifdef SPECOPS_PORTABLE
+        specops_portable_block_sums(wk->a, M * KB, asum);
+#else
         for (int64_t i = 0; i < M * KB; i++) {
             const float *x = wk->a + i * BLOCK;
             asum[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(x + 16)));
         }
+#endif
         wk->asum = asum;
         return 1;
     }
+#ifdef SPECOPS_PORTABLE
+    return 0;  /* not reached: the portable build runs fp32 only (specops_path_of) */
+#else
     if (wk->precision == INT8X3) {
         const size_t codes = (size_t)(3 * M * K + 63) / 64 * 64;
         char *s = scratch_of(codes + 7 * per_block);
@@ -688,6 +717,7 @@ static int prepare_rows(Work *wk) {
     quantize_int8(wk->a, M, K, wk->wmin ? 0 : (int32_t)wk->zero_point, (int8_t *)wk->aq, (float *)wk->ascale,
                   (int32_t *)wk->azero, (float *)wk->asum);
     return 1;
+#endif
 }
 
 /* Paths switched off by the loader (a path that failed its self-check at load), bit per path. */
@@ -697,8 +727,11 @@ void specops_disable_path(int path) { if (path > FP32 && path < PATHS) g_disable
 
 /* Which paths this CPU runs, bit per path: FP32 (AVX-512 F/BW), BF16_AVX512 (+ AVX-512 BF16),
  * INT8_VNNI (+ AVX-512 VNNI), INT8_AMX and BF16_AMX (AMX-INT8 / AMX-BF16, the tile state granted);
- * less the disabled ones. */
+ * less the disabled ones. The portable build: FP32_PORTABLE (AVX2 and FMA) alone. */
 int specops_paths(void) {
+#ifdef SPECOPS_PORTABLE
+    return specops_portable_cpu() ? 1 << FP32_PORTABLE & ~g_disabled : 0;
+#else
     __builtin_cpu_init();
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))) return 0;
     const int bf16 = __builtin_cpu_supports("avx512bf16"), vnni = __builtin_cpu_supports("avx512vnni");
@@ -709,6 +742,7 @@ int specops_paths(void) {
     if (tiles && vnni && __builtin_cpu_supports("amx-int8")) mask |= 1 << INT8_AMX | 1 << INT8X3_AMX;
     if (tiles && bf16 && __builtin_cpu_supports("amx-bf16")) mask |= 1 << BF16_AMX;
     return mask & ~g_disabled;
+#endif
 }
 
 /* The path a precision (or a named path) runs on here: AMX first where it runs; -1 = none. */
@@ -718,6 +752,7 @@ int specops_path_of(int precision) {
     if (precision >= PATHS || precision < 0) return -1;
     if (precision == INT8X3) return paths >> INT8X3_AMX & 1 ? INT8X3_AMX : paths >> INT8X3_VNNI & 1 ? INT8X3_VNNI : -1;
     if (precision > INT8) return paths >> precision & 1 ? precision : -1;  /* a named path */
+    if (precision == FP32 && paths >> FP32_PORTABLE & 1) return FP32_PORTABLE;
     for (int i = 0; i < 2; i++)
         if (paths >> order[precision][i] & 1) return order[precision][i];
     return -1;
@@ -802,8 +837,8 @@ static OrtStatus *compute(void *state, OrtKernelContext *ctx) {
     const int path = asked >= 0 && asked < PATHS ? specops_path_of((int)asked) : -1;
     if (path < 0)
         return fail(ORT_INVALID_ARGUMENT, "specops.QMatMul: precision must be 0 (fp32), 1 (bf16, needs AVX-512 "
-                                          "BF16), 2 (int8, needs AVX-512 VNNI), 7 (int8x3, VNNI) or a path 3-6, 8-9, one this CPU runs");
-    const int precision = path == BF16_AVX512 || path == BF16_AMX ? BF16 : path == FP32 ? FP32
+                                          "BF16), 2 (int8, needs AVX-512 VNNI), 7 (int8x3, VNNI) or a path 3-6, 8-10, one this CPU runs");
+    const int precision = path == BF16_AVX512 || path == BF16_AMX ? BF16 : path == FP32 || path == FP32_PORTABLE ? FP32
                           : path == INT8X3_VNNI || path == INT8X3_AMX ? INT8X3 : INT8;
     if (M == 0) return NULL;
     Work wk = {.a = (const float *)data[0], .w = (const uint8_t *)data[1], .wscale = (const float *)data[2],
@@ -851,7 +886,11 @@ OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base)
     g_api = base->GetApi(ORT_API_USED);
     if (!g_api) return NULL;  /* an onnxruntime older than 1.17: nothing registered, the graph load fails */
     if (!specops_supported())
+#ifdef SPECOPS_PORTABLE
+        return fail(ORT_FAIL, "specops.QMatMul's portable build needs AVX2 and FMA, which this CPU lacks");
+#else
         return fail(ORT_FAIL, "specops.QMatMul needs AVX-512 (F, BW), which this CPU lacks");
+#endif
     OrtCustomOpDomain *domain;
     TRY(ORT_CALL(g_api, CreateCustomOpDomain, CreateDomainFn)("specops", &domain));
     TRY(ORT_CALL(g_api, CustomOpDomain_Add, DomainAddFn)(domain, &g_op));

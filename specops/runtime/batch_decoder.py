@@ -32,7 +32,7 @@ from . import timing_cache
 from .decoder import SessionConfig, make_session, one_token_pass_differs
 from .graph import KERNEL_PRECISION, LOGITS_TO_KEEP, QUERY_SEQLENS
 from .kernel_paths import FAITHFUL, input_code, most_faithful_within, precision_report, precisions, served_paths
-from .kernels import KernelUnavailable, default_cache_dir, library, resolve
+from .kernels import KernelUnavailable, build_of, default_cache_dir, library, resolve
 from .model_folder import ModelFolderError, ModelSpec
 
 
@@ -53,6 +53,7 @@ class BatchDecoder:
         self.precision: str | None = None  # the tiled kernel's activations (None on stock kernels)
         self.precision_ms: dict[str, float] = {}  # a plain step per precision, timed at load (auto)
         self.ragged, self.attention_note = False, None  # ragged passes on specops.Attention, or why not
+        self.build: str | None = None  # the kernel library's build on tiled kernels: "avx512" or "portable"
         self.session = self._open(spec, cfg)
         self.capacity = min(capacity or spec.context_length, spec.context_length)
         self.min_rows = 1
@@ -69,7 +70,7 @@ class BatchDecoder:
         self._views: dict[tuple[int, int], list[tuple[ort.OrtValue, ort.OrtValue]]] = {}
         self.lengths = np.zeros(max_batch, np.int64)  # cached tokens per slot
         if self.kernel == "tiled":
-            self.use_precision(self._choose_precision(cfg, precision_report(self._cache)))
+            self.use_precision(self._choose_precision(cfg, precision_report(self._cache, self._which)))
 
     def _open(self, spec: ModelSpec, cfg: SessionConfig) -> ort.InferenceSession:
         """The session on the rewritten graph: tiled matmuls when cfg.kernel asks for them and
@@ -83,8 +84,9 @@ class BatchDecoder:
         except ValueError as err:
             raise ModelFolderError(f"{spec.model_file}: {err}") from None
         cache = self._cache = Path(cfg.kernel_cache) if cfg.kernel_cache else default_cache_dir()
+        self._which = cfg.kernel_build
         try:
-            kernel, self.kernel_note = resolve(cfg.kernel, spec.folder, cache)
+            kernel, self.kernel_note = resolve(cfg.kernel, spec.folder, cache, cfg.kernel_build)
         except KernelUnavailable as err:  # only when "tiled" was asked for
             raise ModelFolderError(f"{spec.model_file}: the tiled kernel cannot run: {err}") from None
         if kernel == "tiled":
@@ -122,18 +124,19 @@ class BatchDecoder:
             raise KernelUnavailable("no MatMulNBits node the tiled kernel runs (4 or 8 bits, block 32, "
                                     "no zero points or float ones)")
         try:
-            session = make_session(spec, cfg, tiled.SerializeToString(), self._tiles.arrays, str(library(cache)))
+            lib = library(cache, cfg.kernel_build)
+            session = make_session(spec, cfg, tiled.SerializeToString(), self._tiles.arrays, str(lib))
         except ModelFolderError as err:  # e.g. a library onnxruntime cannot register
             raise KernelUnavailable(str(err)) from None
         self._tiles.release()
-        self.kernel, self.ragged = "tiled", self.attention_note is None
+        self.kernel, self.ragged, self.build = "tiled", self.attention_note is None, build_of(Path(lib))
         return session
 
     @property
     def attention(self) -> str:
         """Which attention the passes run, and why not ours where it is not (for /health)."""
         if self.ragged:
-            return "specops.Attention (ragged passes)"
+            return "specops.Attention (ragged passes)" + (", portable build" if self.build == "portable" else "")
         why = self.attention_note or self.kernel_note or "the stock kernels were asked for"
         return f"onnxruntime GroupQueryAttention (padded passes: {why})"
 
@@ -145,11 +148,11 @@ class BatchDecoder:
     @property
     def kernel_path(self) -> str | None:
         """The code the precision runs on here ("int8-amx", "bf16-avx512", ...; None on stock)."""
-        return served_paths(self._cache).get(self.precision) if self.precision else None
+        return served_paths(self._cache, self._which).get(self.precision) if self.precision else None
 
     def available_precisions(self) -> tuple[str, ...]:
         """The precisions the tiled kernel serves here, most faithful first (none on stock)."""
-        return precisions(self._cache) if self.precision else ()
+        return precisions(self._cache, self._which) if self.precision else ()
 
     def _choose_precision(self, cfg: SessionConfig, report: dict[str, str | None]) -> str:
         """cfg.precision where the kernel serves it here; "auto": of the faithful precisions
@@ -167,10 +170,12 @@ class BatchDecoder:
         candidates = tuple(p for p in available if p in FAITHFUL)
         if not candidates:
             raise ModelFolderError(f"{self.spec.model_file}: neither fp32 nor int8x3 activations can run here: {report}")
-        key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, candidates, self.ragged)
+        key = (str(self.spec.model_file.resolve()), cfg.intra_op_threads, cfg.consistent, candidates, self.ragged,
+               self.build)
         if key not in _TIMED:  # then on disk if kept (runtime.timing_cache), then timed here
             disk = timing_cache.key_of("precisions", self.spec.model_file, threads=cfg.intra_op_threads,
-                                       consistent=cfg.consistent, available=candidates, ragged=self.ragged)
+                                       consistent=cfg.consistent, available=candidates, ragged=self.ragged,
+                                       build=self.build)
             kept = timing_cache.load(self._cache / "timings", disk) if cfg.keep_timings else None
             _TIMED[key] = kept or self.time_precisions(candidates, cfg.consistent)
             if cfg.keep_timings:

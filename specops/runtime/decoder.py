@@ -32,6 +32,7 @@ class SessionConfig:
     # kernel where it builds and runs, else stock onnxruntime; "tiled" = that or an error
     kernel: str = "stock"
     kernel_cache: str | None = None  # the kernel library and tiled weights (None: kernels.default_cache_dir())
+    kernel_build: str = "auto"  # Settings.kernel_build: "avx512", "portable" or auto (the first this CPU runs)
     # the tiled kernel's activations: "fp32", "int8x3", "bf16", "int8", or "auto" = fp32 or int8x3 (the
     # model's own answers), timed at load (BatchDecoder._choose_precision)
     precision: str = "auto"

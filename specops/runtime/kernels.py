@@ -4,7 +4,10 @@
 it there: `python -m specops.runtime.kernels specops/kernels`), else one in the cache, else it
 compiles the C source there with the machine's C compiler (gcc, cc or clang; no onnxruntime
 headers needed). It raises `KernelUnavailable` saying why it cannot (no compiler, a CPU without
-AVX-512, a failed build). Which precisions and paths serve: kernel_paths.py.
+AVX-512 or AVX2, a failed build). Which precisions and paths serve: kernel_paths.py.
+Two builds of the same sources (`BUILDS`): "avx512" (every path) and "portable" (for CPUs without
+AVX-512: fp32 on portable.c's plain C, AVX2 and FMA; the AVX-512 and AMX code left out by #if);
+"auto" takes the first whose library says this CPU runs it (Settings.kernel_build can force one).
 `tile_weights` turns MatMulNBits' weight codes, scales and float zero points into the kernel's
 tiled layout (graph.py rewrites the graph to use it); `reference_matmul` is the numpy statement of
 what every path computes. The engine never sees which kernel ran a pass.
@@ -23,12 +26,18 @@ from pathlib import Path
 import numpy as np
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "qmatmul.c"  # registers every op of the library
-# the library's other sources (and the header they share): one library, one place that picks CPU paths
+# the library's other sources (and the headers they share): one library, one place that picks CPU paths
 SOURCES = ("attention.c",)
-HEADERS = ("ort_abi.h",)
+HEADERS = ("ort_abi.h", "portable.h")
 # The library's base ISA; the bf16 and int8 paths carry their own (function attributes, inline
 # assembly) and run only where specops_precisions() says the CPU has them.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fPIC", "-shared"]
+# The portable build: AVX2 and FMA; no contraction but portable.c's explicit fmaf, so every sum
+# is the one the C states (the same bits from any compiler that honours it, any row grouping).
+PORTABLE_FLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-DSPECOPS_PORTABLE", "-fPIC", "-shared"]
+# build -> (flags, sources beside SOURCE), in the order "auto" tries them
+BUILDS = {"avx512": (FLAGS, SOURCES), "portable": (PORTABLE_FLAGS, SOURCES + ("portable.c",))}
+NEEDS = {"avx512": "AVX-512 (F, BW)", "portable": "AVX2 and FMA"}
 TILE, BLOCK = 16, 32
 
 
@@ -48,48 +57,73 @@ def compiler() -> str | None:
     return None
 
 
-def _sources() -> list[Path]:
-    """The C files compiled into the library (beside SOURCE, so a test can swap SOURCE for another folder's)."""
-    return [SOURCE] + [p for p in (SOURCE.parent / name for name in SOURCES) if p.is_file()]
+def _sources(which: str = "avx512") -> list[Path]:
+    """The C files compiled into a build (beside SOURCE, so a test can swap SOURCE for another folder's)."""
+    return [SOURCE] + [p for p in (SOURCE.parent / name for name in BUILDS[which][1]) if p.is_file()]
 
 
-def library_name() -> str:
+def library_name(which: str = "avx512") -> str:
+    """The build's file name: a hash of its sources, headers and flags (each build its own)."""
     headers = [h for h in (SOURCE.parent / name for name in HEADERS) if h.is_file()]
-    text = b"".join(f.read_bytes() for f in _sources() + headers)
-    key = hashlib.sha256(text + " ".join(FLAGS).encode()).hexdigest()[:16]
-    return f"libspecops_qmatmul-{key}.so"
+    text = b"".join(f.read_bytes() for f in _sources(which) + headers)
+    key = hashlib.sha256(text + " ".join(BUILDS[which][0]).encode()).hexdigest()[:16]
+    return f"libspecops_qmatmul-{key}.so" if which == "avx512" else f"libspecops_qmatmul-{which}-{key}.so"
+
+
+class _CpuLacks(KernelUnavailable):
+    """The build loads but this CPU lacks its instructions ("auto" then tries the next build)."""
 
 
 @lru_cache(maxsize=None)
-def library(directory: Path | None = None) -> Path:
-    """The compiled kernel library for this machine (built on first use, then reused)."""
-    name = library_name()
+def library(directory: Path | None = None, which: str = "auto") -> Path:
+    """The compiled kernel library for this machine (built on first use, then reused): the build
+    `which` names, or ("auto") the first of BUILDS this CPU runs."""
+    if which != "auto":
+        return _loaded(directory, which)
+    lacks = []
+    for name in BUILDS:
+        try:
+            return _loaded(directory, name)
+        except _CpuLacks as err:
+            lacks.append(str(err))
+    raise KernelUnavailable("; ".join(lacks))
+
+
+def build_of(lib: Path) -> str:
+    """Which build a library file is ("avx512" or "portable")."""
+    return next((name for name in BUILDS if name != "avx512" and f"-{name}-" in lib.name), "avx512")
+
+
+def _loaded(directory: Path | None, which: str) -> Path:
+    if which not in BUILDS:
+        raise ValueError(f"no kernel build {which!r} (one of {', '.join(BUILDS)} or auto)")
+    name = library_name(which)
     directory = directory or default_cache_dir()
     target = next((d / name for d in (SOURCE.parent, directory) if (d / name).is_file()), None)
     if target is None:
-        target = build(directory)
+        target = build(directory, which)
     try:
         supported = ctypes.CDLL(str(target)).specops_supported()
     except OSError as err:
         raise KernelUnavailable(f"cannot load {target}: {err}") from None
     if not supported:
-        raise KernelUnavailable("this CPU lacks AVX-512 (F, BW), which the tiled kernel needs")
+        raise _CpuLacks(f"this CPU lacks {NEEDS[which]}, which the tiled kernel's {which} build needs")
     return target
 
 
-def build(directory: Path) -> Path:
-    """Compile the kernel into `directory` (atomically: concurrent builders leave one whole file)."""
+def build(directory: Path, which: str = "avx512") -> Path:
+    """Compile a build of the kernel into `directory` (atomically: concurrent builders leave one whole file)."""
     cc = compiler()
     if cc is None:
         raise KernelUnavailable("no C compiler (gcc, cc or clang) on PATH to build the tiled kernel")
-    target = directory / library_name()
+    flags, target = BUILDS[which][0], directory / library_name(which)
     if not target.exists():
         try:
             directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=directory) as tmp:
                 out = Path(tmp) / target.name
-                done = subprocess.run([cc, *FLAGS, "-o", str(out), *map(str, _sources())], capture_output=True, text=True,
-                                      timeout=300)
+                done = subprocess.run([cc, *flags, "-o", str(out), *map(str, _sources(which))], capture_output=True,
+                                      text=True, timeout=300)
                 if done.returncode != 0:
                     raise KernelUnavailable(f"building the tiled kernel with {cc} failed: "
                                             f"{(done.stderr or done.stdout).strip()[-400:]}")
@@ -99,16 +133,16 @@ def build(directory: Path) -> Path:
     return target
 
 
-def resolve(setting: str, folder: Path, cache: Path | None = None) -> tuple[str, str | None]:
+def resolve(setting: str, folder: Path, cache: Path | None = None, which: str = "auto") -> tuple[str, str | None]:
     """The kernel a target folder will run on: ("tiled" | "stock", why not tiled). `setting` is
     Settings.kernel; "tiled" raises KernelUnavailable where "auto" falls back. `cache`: where the
-    library is built (default_cache_dir())."""
+    library is built (default_cache_dir()); `which`: Settings.kernel_build."""
     if setting == "stock":
         return "stock", None
     try:
         if (Path(folder) / "prepacked.json").exists():
             raise KernelUnavailable("the folder is prepacked for onnxruntime's own kernels (prepacked.json)")
-        library(cache)
+        library(cache, which)
     except KernelUnavailable as err:
         if setting == "tiled":
             raise
@@ -216,7 +250,8 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return bits.astype(np.uint32).view(np.float32)
 
 
-if __name__ == "__main__":  # python -m specops.runtime.kernels DIR: build the library into DIR
+if __name__ == "__main__":  # python -m specops.runtime.kernels DIR: build both libraries into DIR
     import sys
 
-    print(build(Path(sys.argv[1] if len(sys.argv) > 1 else SOURCE.parent)))
+    for which in BUILDS:
+        print(build(Path(sys.argv[1] if len(sys.argv) > 1 else SOURCE.parent), which))

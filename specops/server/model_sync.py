@@ -112,7 +112,8 @@ class ModelSync:
 
     def _load(self, paths: ModelPaths, target_spec: ModelSpec, draft_spec: ModelSpec | None) -> Engine:
         """Memory plan first (refuses what cannot fit, or lowers the context cap), then sessions."""
-        kernel, why_not = resolve_kernel(self.settings.kernel, target_spec, kernel_cache(self.settings))
+        kernel, why_not = resolve_kernel(self.settings.kernel, target_spec, kernel_cache(self.settings),
+                                        self.settings.kernel_build)
         if why_not:
             log.warning("target kernel: stock onnxruntime (%s)", why_not)
         plan = plan_for(self.settings, target_spec, draft_spec, target_kernel=kernel)
