@@ -344,6 +344,33 @@ def test_auto_takes_the_portable_build_where_the_cpu_lacks_avx512(monkeypatch):
             cache.cache_clear()
 
 
+def test_auto_reads_the_cpu_flags_before_building_a_library_the_cpu_cannot_run(monkeypatch):
+    """On Linux the flags in /proc/cpuinfo rule a build out without compiling it (the AVX-512
+    build took 17 s to compile just to say the CPU lacks AVX-512)."""
+    asked = []
+    real = kernels._loaded
+
+    def loaded(directory, which):
+        asked.append(which)
+        return real(directory, which)
+
+    monkeypatch.setattr(kernels, "_loaded", loaded)
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"avx2", "fma", "sse4_2"}))
+    try:
+        kernels.library.cache_clear()
+        if not _cpu_runs_it():
+            pytest.skip("no build of the tiled kernel runs here")
+        asked.clear()
+        kernels.library.cache_clear()
+        assert kernels.build_of(kernels.library()) == "portable" and asked == ["portable"]
+        monkeypatch.setattr(kernels, "cpu_flags", lambda: frozenset({"sse4_2"}))
+        kernels.library.cache_clear()
+        with pytest.raises(kernels.KernelUnavailable, match="no avx512f, avx512bw in /proc/cpuinfo.*no avx2, fma"):
+            kernels.library()
+    finally:
+        kernels.library.cache_clear()
+
+
 def test_other_layouts_and_prepacked_folders_stay_on_stock(tmp_path):
     draft = read_model_folder("models/draft")  # Optimum layout: concat cache, plain Decoder
     kernel, why = resolve_kernel("auto", draft)

@@ -9,6 +9,7 @@ Interleaved, --repeats runs each, medians of wall and CPU time (CPU time: the th
 sensitive to other load than wall time). Prints one JSON line (and --json writes it).
 
     specops bench attention [--past 0,1000,3000,6500] [--rows 1,64,512] [--heads 9] [--kv-heads 3] [--dim 64]
+                            [--build auto|avx512|portable]
 """
 from __future__ import annotations
 
@@ -93,6 +94,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--kv-heads", type=int, default=3)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--build", default="auto", choices=("auto", "avx512", "portable"),
+                    help="which build of specops' kernel library (SPECOPS_KERNEL_BUILD)")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--json", type=Path, help="also write the report here")
 
@@ -100,7 +103,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..runtime import kernels
 
-    library = str(kernels.library(kernels.default_cache_dir()))
+    lib = kernels.library(kernels.default_cache_dir(), args.build)
+    library = str(lib)
     shape = (args.heads, args.kv_heads, args.dim)
     rng = np.random.default_rng(0)
     cases = []
@@ -120,7 +124,8 @@ def main(args: argparse.Namespace) -> int:
                           **{f"{w}_ms": round(m[0], 3) for w, m in med.items()},
                           **{f"{w}_cpu_ms": round(m[1], 3) for w, m in med.items()},
                           "onnxruntime_over_specops_cpu": round(med["onnxruntime"][1] / med["specops"][1], 3)})
-    emit_report({"bench": "attention", "run": run_record(args.command_line), "heads": args.heads,
+    emit_report({"bench": "attention", "run": run_record(args.command_line), "build": kernels.build_of(lib),
+                 "heads": args.heads,
                  "kv_heads": args.kv_heads, "dim": args.dim, "threads": args.threads, "repeats": args.repeats,
                  "cases": cases}, args.json)
     return 0

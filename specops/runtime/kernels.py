@@ -81,12 +81,33 @@ def library(directory: Path | None = None, which: str = "auto") -> Path:
     if which != "auto":
         return _loaded(directory, which)
     lacks = []
+    flags = cpu_flags()
     for name in BUILDS:
+        missing = [f for f in CPU_FLAGS[name] if flags is not None and f not in flags]
+        if missing:  # known without compiling the build to ask it
+            lacks.append(f"this CPU lacks {NEEDS[name]} (no {', '.join(missing)} in /proc/cpuinfo), which the "
+                         f"tiled kernel's {name} build needs")
+            continue
         try:
             return _loaded(directory, name)
         except _CpuLacks as err:
             lacks.append(str(err))
     raise KernelUnavailable("; ".join(lacks))
+
+
+# the flags each build needs, as Linux's /proc/cpuinfo names them (the library checks CPUID itself too)
+CPU_FLAGS = {"avx512": ("avx512f", "avx512bw"), "portable": ("avx2", "fma")}
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo, None where it cannot be read (not Linux): then
+    each build's library is asked (built first if need be)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), None)
+    return frozenset(line.split(":", 1)[1].split()) if line else None
 
 
 def build_of(lib: Path) -> str:
