@@ -36,7 +36,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def server():
-    yield from ready_server({"SPECOPS_MAX_BATCH": "2"})
+    # (a body limit above the slow-compile test's 1.8 MB schema)
+    yield from ready_server({"SPECOPS_MAX_BATCH": "2", "SPECOPS_MAX_BODY_BYTES": str(4 << 20)})
 
 
 @pytest.fixture(scope="module")
@@ -216,3 +217,34 @@ def test_completions_refuse_what_they_cannot_honour(client):
 def test_the_openai_client_raises_on_a_bad_schema(oai):
     with pytest.raises(openai.BadRequestError, match="does not compile"):
         chat(oai, response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}})
+
+
+# -- a slow compile runs beside the event loop ---------------------------------------------------
+def test_a_slow_compile_does_not_stall_health(server, engine):
+    """A schema whose grammar takes about a second to compile and check (a 60,000-value enum): while
+    one request compiles it, /health keeps answering (the compile runs in a worker thread)."""
+    import threading
+    import time
+
+    schema = {"enum": [f"item number {i} with text" for i in range(60_000)]}
+    start = time.perf_counter()
+    engine.grammars.json_schema(schema)  # the same compile and check, timed here (the small pair's tokenizer)
+    compile_s = time.perf_counter() - start
+    assert compile_s > 0.3, f"the schema compiles in {compile_s:.2f} s: too fast to show a stall"
+    body = {"model": "specops", "messages": ASK, "max_tokens": 1,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "big", "schema": schema}}}
+    answer = {}
+    request = threading.Thread(target=lambda: answer.update(
+        r=httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=120)))
+    gaps = []
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        client.get("/health")
+        request.start()
+        while request.is_alive():
+            t = time.perf_counter()
+            assert client.get("/health").status_code == 200
+            gaps.append(time.perf_counter() - t)
+        request.join()
+    assert answer["r"].status_code == 200, answer["r"].text
+    assert len(gaps) > 3 and max(gaps) < compile_s / 2, (
+        f"/health took up to {max(gaps):.2f} s while a {compile_s:.2f} s compile ran ({len(gaps)} polls)")

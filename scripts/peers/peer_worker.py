@@ -24,7 +24,9 @@ then answers each request line with one response line until EOF on stdin:
     request   {"prompt": "<text>", "max_new_tokens": N}   or   {"ids": [token ids...], "max_new_tokens": N}
               or (openvino) {"batch": ["<text>", ...], "max_new_tokens": N}: all prompts in one
               generate call -> {"n_tokens": total generated, "total_seconds": float, "texts": [...]};
-              each may add "ignore_eos": true (below)
+              each may add "ignore_eos": true (below), and a single prompt
+              "constraint": {"json_schema": {...}, "prefix": "", "suffix": ""}: the output is
+              prefix + JSON valid against the schema + suffix (the prefix and suffix literal; below)
     response  {"tokens": [...], "text": "...", "n_tokens": int, "prompt_tokens": int,
                "seconds": float, "timing": "...", "ttft_seconds": float, "total_seconds": float}
     error     {"error": "<message>"}
@@ -37,6 +39,13 @@ with "ignore_eos": true only at max_new_tokens, end-of-sequence tokens generated
 other (llama.cpp: its token loop goes on past them; OpenVINO: GenerationConfig.ignore_eos), so that
 benchmarks compare equal lengths.
 
+Constraints are each peer's own structured output on the schema: llama.cpp's json_schema_to_gbnf
+(LlamaGrammar.from_json_schema, the converter behind its server's `json_schema`) as the grammar of
+Llama.generate, the literal prefix and suffix joined to it in GBNF; OpenVINO GenAI's
+StructuredOutputConfig(json_schema=...) (xgrammar), or its compound grammar
+Concat(ConstString(prefix), JSONSchema(schema), ConstString(suffix)). Each schema's grammar is built
+once and kept (as a server caches them); generation then ends where the grammar does (end-of-sequence).
+
 Only library log output may go to stderr: the protocol uses a private copy of the original stdout,
 and file descriptor 1 is pointed at stderr so that native code printing to stdout cannot corrupt it.
 """
@@ -45,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -72,6 +82,23 @@ class LlamaCppPeer:
             self.stop.add(eot())
         self.config["stop_tokens"] = sorted(self.stop)
         self.versions = {"llama_cpp_python": llama_cpp.__version__}
+        self.grammars: dict[str, object] = {}  # constraint (JSON text) -> LlamaGrammar
+
+    def grammar(self, constraint: dict | None):
+        """The LlamaGrammar of {"json_schema", "prefix", "suffix"} (None: unconstrained)."""
+        if constraint is None:
+            return None
+        key = json.dumps(constraint, sort_keys=True)
+        if key not in self.grammars:
+            from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+            gbnf = json_schema_to_gbnf(json.dumps(constraint["json_schema"]))
+            prefix, suffix = constraint.get("prefix", ""), constraint.get("suffix", "")
+            if prefix or suffix:  # the schema's root becomes one rule of a literal-wrapped root
+                gbnf = re.sub(r"^root ::=", "json-root ::=", gbnf, count=1, flags=re.M)
+                gbnf = f"root ::= {json.dumps(prefix)} json-root {json.dumps(suffix)}\n{gbnf}"
+            self.grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
+        return self.grammars[key]
 
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -79,7 +106,9 @@ class LlamaCppPeer:
     def decode(self, ids: list[int]) -> str:
         return self.llm.detokenize(ids).decode("utf-8", errors="replace")
 
-    def generate(self, ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> dict:
+    def generate(self, ids: list[int], max_new_tokens: int, ignore_eos: bool = False,
+                 constraint: dict | None = None) -> dict:
+        grammar = self.grammar(constraint)
         self.llm.reset()  # no KV-cache prefix reuse across requests: every call prefills the whole prompt
         stop = set() if ignore_eos else self.stop  # Llama.generate itself never stops: the loop decides
         out: list[int] = []
@@ -87,7 +116,7 @@ class LlamaCppPeer:
         t_first = None
         if max_new_tokens > 0:
             for tok in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
-                                         reset=True):
+                                         reset=True, grammar=grammar):
                 if t_first is None:
                     t_first = time.perf_counter()
                 if tok in stop:
@@ -133,6 +162,7 @@ class OpenVINOPeer:
         self.stop = {int(t) for t in self.base.stop_token_ids if t >= 0} | {self.eos}
         self.config["eos_token_id"], self.config["stop_token_ids"] = self.eos, sorted(self.stop)
         self.versions = {"openvino": ov.__version__, "openvino_genai": ov_genai.__version__}
+        self.configs: dict[str, object] = {}  # constraint (JSON text) -> StructuredOutputConfig
 
     def encode(self, text: str) -> list[int]:
         enc = self.tokenizer.encode(text, add_special_tokens=False)
@@ -141,7 +171,23 @@ class OpenVINOPeer:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def _gen_config(self, max_new_tokens: int, ignore_eos: bool):
+    def structured(self, constraint: dict):
+        """StructuredOutputConfig of {"json_schema", "prefix", "suffix"}."""
+        key = json.dumps(constraint, sort_keys=True)
+        if key not in self.configs:
+            self.configs[key] = self._structured(constraint)
+        return self.configs[key]
+
+    def _structured(self, constraint: dict):
+        config = self.ov_genai.StructuredOutputConfig
+        schema = json.dumps(constraint["json_schema"])
+        prefix, suffix = constraint.get("prefix", ""), constraint.get("suffix", "")
+        if not (prefix or suffix):
+            return config(json_schema=schema)
+        return config(compound_grammar=config.Concat(config.ConstString(prefix), config.JSONSchema(schema),
+                                                     config.ConstString(suffix)))
+
+    def _gen_config(self, max_new_tokens: int, ignore_eos: bool, constraint: dict | None = None):
         cfg = self.ov_genai.GenerationConfig()
         cfg.max_new_tokens = int(max_new_tokens)
         cfg.ignore_eos = ignore_eos  # its sampler then stops at neither eos_token_id nor stop_token_ids
@@ -153,16 +199,19 @@ class OpenVINOPeer:
         if self.mode == "lookup":
             cfg.num_assistant_tokens = self.k
             cfg.max_ngram_size = self.ngram
+        if constraint is not None:
+            cfg.structured_output_config = self.structured(constraint)
         return cfg
 
-    def generate(self, ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> dict:
+    def generate(self, ids: list[int], max_new_tokens: int, ignore_eos: bool = False,
+                 constraint: dict | None = None) -> dict:
         import numpy as np
 
         ov = self.ov
         input_ids = ov.Tensor(np.asarray([ids], dtype=np.int64))
         mask = ov.Tensor(np.ones((1, len(ids)), dtype=np.int64))
         inputs = self.ov_genai.TokenizedInputs(input_ids, mask)
-        cfg = self._gen_config(max_new_tokens, ignore_eos)
+        cfg = self._gen_config(max_new_tokens, ignore_eos, constraint)
         t0 = time.perf_counter()
         res = self.pipe.generate(inputs, cfg)
         t2 = time.perf_counter()
@@ -172,8 +221,12 @@ class OpenVINOPeer:
         pm = res.perf_metrics
         ttft = pm.get_ttft().mean / 1000.0
         gen = pm.get_generate_duration().mean / 1000.0  # pipeline's own generate time (tokenization excluded)
-        return {"tokens": tokens, "ttft_seconds": ttft, "seconds": max(gen - ttft, 0.0), "total_seconds": t2 - t0,
-                "ov_generate_seconds": gen, "ov_tpot_ms": pm.get_tpot().mean}
+        out = {"tokens": tokens, "ttft_seconds": ttft, "seconds": max(gen - ttft, 0.0), "total_seconds": t2 - t0,
+               "ov_generate_seconds": gen, "ov_tpot_ms": pm.get_tpot().mean}
+        if constraint is not None:  # where a constrained call's time goes (its own metrics, ms)
+            out.update(ov_grammar_compile_ms=pm.get_grammar_compile_time().mean,
+                       ov_sampling_ms=pm.get_sampling_duration().mean)
+        return out
 
 
     def generate_batch(self, texts: list[str], max_new_tokens: int, ignore_eos: bool = False) -> dict:
@@ -237,7 +290,8 @@ def main(argv=None) -> int:
                 ids = [int(i) for i in req["ids"]]
             else:
                 ids = peer.encode(req["prompt"])
-            out = peer.generate(ids, budget, ignore_eos)
+            out = peer.generate(ids, budget, ignore_eos, **({"constraint": req["constraint"]}
+                                                            if "constraint" in req else {}))
             out.update(n_tokens=len(out["tokens"]), prompt_tokens=len(ids), text=peer.decode(out["tokens"]),
                        timing=TIMING)
             send(out)

@@ -88,9 +88,10 @@ class SubprocessPeer:
             raise PeerError(out["error"])
         return out
 
-    def run(self, prompt, max_new_tokens: int) -> dict:
-        """prompt: token ids (list of ints) or text. Returns the worker's response dict."""
-        req = {"max_new_tokens": int(max_new_tokens)}
+    def run(self, prompt, max_new_tokens: int, constraint: dict | None = None) -> dict:
+        """prompt: token ids (list of ints) or text; constraint: {"json_schema", "prefix", "suffix"}
+        (peer_worker.py: the peer's own structured output). Returns the worker's response dict."""
+        req = {"max_new_tokens": int(max_new_tokens), **({"constraint": constraint} if constraint else {})}
         if isinstance(prompt, str):
             req["prompt"] = prompt
         else:

@@ -7,7 +7,7 @@ from .measure import (NEAR_TIE, PROMPTS, Interleaved, PeerRun, Results, best_bou
                       first_divergence, greedy_mismatches, load_prompt_items, load_prompt_set, mode_speedups,
                       near_tie_margin, near_tie_moves, near_tie_refutation, parse_speculator, peer_ratios,
                       prompt_text, run_interleaved, run_record, summarize)
-from .measure import load_structured_set, valid_fraction
+from .structured import load_structured_set, valid_fraction
 
 __all__ = ["NEAR_TIE", "PROMPTS", "Interleaved", "PeerRun", "Results", "best_bound", "cost_bound", "emit_report",
            "first_divergence", "greedy_mismatches", "load_prompt_items", "load_prompt_set", "mode_speedups",

@@ -99,67 +99,6 @@ def load_prompt_set(name: str, tokenizer) -> list[list[int]]:
     return [tokenizer.encode(prompt_text(item, tokenizer)) for item in load_prompt_items(name)]
 
 
-@dataclass
-class StructuredSet:
-    """A prompt set with an output constraint per prompt (prompts/structured.jsonl: a JSON
-    schema, or tools with a tool_choice), and a check that an output is valid."""
-    prompts: list[list[int]]
-    grammars: list[str]
-    checks: list[Callable[[str], bool]]
-
-
-def load_structured_set(name: str, engine: Engine) -> StructuredSet:
-    """Each item as the server would run it: a chat prompt under its schema's grammar, or with its
-    tools listed (parallel_tool_calls false) under the grammar of one call."""
-    from .server.openai_schemas import ChatCompletionRequest
-    from .server.structured import tool_plan
-    from .server.validation import chat_prompt
-
-    out = StructuredSet([], [], [])
-    for item in load_prompt_items(name):
-        if item["task"] == "json_schema":
-            out.prompts.append(engine.tokenizer.encode(prompt_text(item, engine.tokenizer)))
-            out.grammars.append(engine.grammars.json_schema(item["schema"]))
-            out.checks.append(lambda text, schema=item["schema"]: _valid_json(text, schema))
-            continue
-        req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": item["prompt"]}],
-                                                    "tools": item["tools"], "tool_choice": item["tool_choice"],
-                                                    "parallel_tool_calls": False})
-        plan = tool_plan(req, engine.grammars)
-        out.prompts.append(engine.tokenizer.encode(chat_prompt(plan.messages, engine)))
-        out.grammars.append(plan.grammar)
-        out.checks.append(lambda text, tools=item["tools"]: _valid_call(text, tools))
-    return out
-
-
-def _valid_json(text: str, schema: dict) -> bool:
-    import jsonschema
-
-    try:
-        jsonschema.validate(json.loads(text), schema)
-    except (ValueError, jsonschema.ValidationError):
-        return False
-    return True
-
-
-def _valid_call(text: str, tools: list[dict]) -> bool:
-    from .server.tool_calls import ToolCallParser
-
-    parser = ToolCallParser()
-    parser.feed(text, final=True)
-    content, calls = parser.result()
-    params = {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in tools}
-    return content is None and len(calls) == 1 and all(
-        c["function"]["name"] in params and _valid_json(c["function"]["arguments"], params[c["function"]["name"]])
-        for c in calls)
-
-
-def valid_fraction(results: Results, checks: list[Callable[[str], bool]]) -> dict[str, float]:
-    """Per speculator: the share of outputs (every prompt, every repeat) that pass their check."""
-    return {s: float(np.mean([checks[i](r.text) for i, runs in enumerate(per_prompt) for r in runs]))
-            for s, per_prompt in results.items()}
-
-
 def first_divergence(a: list[int], b: list[int]) -> int | None:
     """Index of the first differing token (or where the shorter ends); None if equal."""
     for i, (x, y) in enumerate(zip(a, b)):
@@ -207,22 +146,44 @@ PeerRun = Callable[[list[int], int], float]  # (prompt ids, max_new_tokens) -> t
 
 
 @dataclass
+class PeerOutput:
+    """One constrained run of a peer: tokens generated, wall seconds of the whole call (prefill
+    included, as our stats' total_s), its text; `error` when the peer refused or failed."""
+    n_tokens: int
+    seconds: float
+    text: str
+    error: str | None = None
+    detail: dict[str, float] | None = None  # the peer's own timings of the call (e.g. grammar compile, ms)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.seconds if self.n_tokens and self.seconds > 0 else 0.0
+
+
+ConstrainedPeerRun = Callable[[list[int], int, dict], PeerOutput]  # (ids, max_new_tokens, constraint)
+
+
+@dataclass
 class Interleaved:
     results: Results
     peer_rates: dict[str, list[list[float]]]  # peer -> [prompt][repeat] tokens per second
+    peer_outputs: dict[str, list[list[PeerOutput]]] | None = None  # constrained peers: [prompt][repeat]
 
 
 def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[str], repeats: int,
                     max_new_tokens: int, k: int, tick: Callable[[], None] | None = None,
                     peers: dict[str, PeerRun] | None = None, ignore_eos: bool = False,
-                    grammars: list[str] | None = None) -> Interleaved:
+                    grammars: list[str] | None = None, peer_constraints: list[dict] | None = None) -> Interleaved:
     """Each repeat runs every prompt under every speculator, then every peer, back to back, so
     that a peer's per-prompt ratio to a speculator compares runs seconds apart. `ignore_eos`:
     every run of ours goes to max_new_tokens (peers are built to do the same), so that rates
     compare equal lengths rather than answers that happen to end early. `grammars`: prompt i's
-    output constraint (a structured set; the grammar ends each output, so no ignore_eos there)."""
+    output constraint (a structured set; the grammar ends each output, so no ignore_eos there);
+    `peer_constraints`: prompt i's constraint for the peers, which are then ConstrainedPeerRuns
+    (their outputs kept in peer_outputs)."""
     peers = peers or {}
-    run = Interleaved({s: [[] for _ in prompts] for s in speculators}, {p: [[] for _ in prompts] for p in peers})
+    run = Interleaved({s: [[] for _ in prompts] for s in speculators}, {p: [[] for _ in prompts] for p in peers},
+                      {p: [[] for _ in prompts] for p in peers} if peer_constraints else None)
     for _ in range(repeats):
         for i, ids in enumerate(prompts):
             for s in speculators:
@@ -235,7 +196,12 @@ def run_interleaved(engine: Engine, prompts: list[list[int]], speculators: list[
                 if tick:
                     tick()
             for name, peer in peers.items():
-                run.peer_rates[name][i].append(peer(ids, max_new_tokens))
+                if peer_constraints:
+                    out = peer(ids, max_new_tokens, peer_constraints[i])
+                    run.peer_outputs[name][i].append(out)
+                    run.peer_rates[name][i].append(out.tokens_per_second)
+                else:
+                    run.peer_rates[name][i].append(peer(ids, max_new_tokens))
                 if tick:
                     tick()
     return run

@@ -28,9 +28,18 @@ Structured sets (--sets structured: prompts/structured.jsonl, 20 JSON-schema ext
 for free), as the server would run it; `valid` is the share of outputs that parse and validate
 against their schema (tool calls: one call to an offered function, arguments valid). The grammar
 ends each output, so --ignore-eos does not apply there (greedy outputs are equal whatever the
-speculator, so the lengths are too). The peers are not run on structured sets yet.
+speculator, so the lengths are too). `time_per_output_s`: the median wall time of one output.
+With --peers llama_cpp,openvino the peers run the same prompts (our token ids, our chat template)
+under their own structured output, greedy, interleaved with our speculators per prompt:
+`llama_cpp_json_schema` (llama.cpp's JSON-schema grammar) and `openvino_structured` (OpenVINO
+GenAI's StructuredOutputConfig, xgrammar). A JSON-schema prompt gives them its schema; a tool prompt
+the schema of the one call our tool grammar allows, between the call's literal tags (peer_constraint
+in specops/bench/structured.py). Each peer row has tok/s (generated tokens over the call's wall time),
+seconds per output, valid share (errors count as invalid) and errors; `peer_ratios` are our tok/s
+over theirs and `peer_time_ratios` their seconds per output over ours (medians of per-prompt ratios).
 
-    specops bench speculators --sets structured --speculators none,ngram,auto --max-new-tokens 128
+    specops bench speculators --sets structured --speculators none,ngram,auto --max-new-tokens 128 \
+        [--peers llama_cpp,openvino]
 
 Peers: onnxruntime-genai's greedy and n-gram modes on our ONNX folder (and its draft mode where it
 accepts the pair; the `prepare` extra has it); llama.cpp (llama-cpp-python) on the GGUF itself and
@@ -52,8 +61,10 @@ import numpy as np
 
 from ..config import Settings
 from ..loader import load_engine, local_paths
-from .measure import (emit_report, greedy_mismatches, load_prompt_set, load_structured_set, mode_speedups,
-                      peer_ratios, run_interleaved, run_record, summarize, valid_fraction)
+from .measure import (PeerOutput, emit_report, greedy_mismatches, load_prompt_set, mode_speedups, peer_ratios,
+                      run_interleaved, run_record, summarize)
+from .structured import (constrained_peer_rows, load_structured_set, peer_time_ratios, seconds_per_output,
+                         valid_fraction)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +90,9 @@ PEER_OF = {"none": ["ort_genai_greedy", "llama_cpp_greedy", "openvino_greedy", "
            "auto": ["ort_genai_ngram", "llama_cpp_lookup", "openvino_lookup", "specops_stock_auto",
                     "specops_baseline_auto"],
            "draft": ["ort_genai_draft", "ort_genai_draft_same_vocab"]}
+# structured sets: each peer's own constrained decoding (greedy), against each of our speculators
+CONSTRAINED_PEERS = {"llama_cpp": "llama_cpp_json_schema", "openvino": "openvino_structured"}
+CONSTRAINED_PEER_OF = {s: list(CONSTRAINED_PEERS.values()) for s in ENGINE_PEER_MODES}
 
 
 def ort_genai_peers(paths, k: int, ignore_eos: bool) -> tuple[dict, dict]:
@@ -103,6 +117,41 @@ def subprocess_peers(which: list[str], k: int, ignore_eos: bool) -> dict:
     make = {"llama_cpp": llama_cpp_peer, "openvino": openvino_peer}
     return {f"{name}_{mode}": make[name](mode, k=k, ignore_eos=ignore_eos).tokens_per_second
             for name in which for mode in ("greedy", "lookup")}
+
+
+def constrained_runner(peer):
+    """A SubprocessPeer as a ConstrainedPeerRun; a refusal or a crash is that run's error."""
+    from peers.subprocess_peer import PeerError
+
+    def run(ids: list[int], max_new_tokens: int, constraint: dict) -> PeerOutput:
+        try:
+            out = peer.run(ids, max_new_tokens, constraint)
+        except (PeerError, OSError) as err:
+            return PeerOutput(0, 0.0, "", error=str(err))
+        detail = {k: float(v) for k, v in out.items() if k.endswith("_ms")}
+        return PeerOutput(out["n_tokens"], out["total_seconds"], out["text"], detail=detail or None)
+    return run
+
+
+def constrained_peers(which: list[str]) -> tuple[dict, dict, dict]:
+    """llama.cpp and OpenVINO GenAI under their own structured output, greedy, each in its own
+    virtualenv: runners, each one's config (versions, settings), and those that did not start."""
+    peers_on_path()
+    from peers.subprocess_peer import PeerError, llama_cpp_peer, openvino_peer
+
+    unknown = [w for w in which if w not in CONSTRAINED_PEERS]
+    if unknown:
+        raise ValueError(f"structured sets run the peers {sorted(CONSTRAINED_PEERS)}, not {unknown}")
+    make = {"llama_cpp": llama_cpp_peer, "openvino": openvino_peer}
+    runners, configs, refused = {}, {}, {}
+    for name in which:
+        try:
+            peer = make[name]("greedy")
+        except PeerError as err:  # a peer venv missing or a load failure: the others still run
+            refused[CONSTRAINED_PEERS[name]] = str(err)
+            continue
+        runners[CONSTRAINED_PEERS[name]], configs[CONSTRAINED_PEERS[name]] = constrained_runner(peer), peer.config
+    return runners, configs, refused
 
 
 def engine_peers(engine, prefix: str, k: int, ignore_eos: bool) -> dict:
@@ -186,7 +235,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts of each set")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--chart", type=Path)
-    parser.add_argument("--peers", default="", help="comma-separated: ort_genai, llama_cpp, openvino, specops_stock")
+    parser.add_argument("--peers", default="", help="comma-separated: ort_genai, llama_cpp, openvino, specops_stock "
+                        "(structured sets: llama_cpp, openvino, under their own structured output)")
     parser.add_argument("--ignore-eos", action="store_true",
                         help="every run (ours and the peers') generates exactly --max-new-tokens")
     parser.add_argument("--baseline-folder", type=Path,
@@ -201,8 +251,14 @@ def main(args: argparse.Namespace) -> int:
     paths = local_paths(settings)
     engine = load_engine(settings, paths)
     startup = copy.deepcopy(engine.cost)  # pass costs timed alone, before the online estimates move
-    peers, refused = (peer_runners(settings, paths, args.peers.split(","), args.k, args.ignore_eos)
-                      if args.peers else ({}, {}))
+    structured_only = all(name in STRUCTURED_SETS for name in args.sets.split(","))
+    peer_config = {}
+    if args.peers and structured_only:
+        peers, peer_config, refused = constrained_peers(args.peers.split(","))
+    elif args.peers:
+        peers, refused = peer_runners(settings, paths, args.peers.split(","), args.k, args.ignore_eos)
+    else:
+        peers, refused = {}, {}
     baseline = None
     if args.baseline_folder:
         baseline_runners, baseline = baseline_peers(settings, args.baseline_folder, args.baseline_precision, args.k,
@@ -214,8 +270,8 @@ def main(args: argparse.Namespace) -> int:
             for name in args.sets.split(",")}
     if args.limit:
         sets = {k: v[:args.limit] for k, v in sets.items()}
-    if structured and peers:
-        raise ValueError("the peers are not run on structured sets yet: leave out --peers")
+    if structured and args.peers and not structured_only:
+        raise ValueError("peers on structured sets run under constraints: run structured and plain sets apart")
     progress = Progress(sum(len(p) for p in sets.values()) * (len(speculators) + len(peers)) * args.repeats)
     report = {"bench": "speculators", "run": run_record(args.command_line),
               "cores": os.cpu_count(), "repeats": args.repeats,
@@ -226,8 +282,9 @@ def main(args: argparse.Namespace) -> int:
               **cost_figures(engine, args.k), "sets": {}}
     for name, prompts in sets.items():
         grammars = structured[name].grammars if name in structured else None
+        constraints = structured[name].peer_constraints if name in structured and peers else None
         run = run_interleaved(engine, prompts, speculators, args.repeats, args.max_new_tokens, args.k, progress,
-                              peers, ignore_eos=args.ignore_eos, grammars=grammars)
+                              peers, ignore_eos=args.ignore_eos, grammars=grammars, peer_constraints=constraints)
         results = run.results
         report["sets"][name] = {"prompts": len(prompts), "speculators": summarize(results, engine, args.k, startup),
                                 # the engine's online estimates by now (what bound_online used)
@@ -236,9 +293,14 @@ def main(args: argparse.Namespace) -> int:
             report["sets"][name]["valid"] = valid_fraction(results, structured[name].checks)
             report["sets"][name]["forced_tokens"] = {
                 s: sum(r.stats.forced_accepted for runs in per_prompt for r in runs) for s, per_prompt in results.items()}
+            report["sets"][name]["time_per_output_s"] = seconds_per_output(results)
+            if constraints:
+                report["sets"][name]["peers"] = constrained_peer_rows(run, structured[name].peer_checks)
+                report["sets"][name]["peer_ratios"] = peer_ratios(run, CONSTRAINED_PEER_OF)
+                report["sets"][name]["peer_time_ratios"] = peer_time_ratios(run, CONSTRAINED_PEER_OF)
         if "none" in results:
             report["sets"][name]["greedy_mismatches"] = greedy_mismatches(results)
-        if peers:
+        if peers and not constraints:
             report["sets"][name]["peers"] = {p: {"tok_s": round(float(np.median(rates)), 1)}
                                              for p, rates in run.peer_rates.items()}
             report["sets"][name]["peer_ratios"] = peer_ratios(run, PEER_OF)
@@ -247,6 +309,8 @@ def main(args: argparse.Namespace) -> int:
                     report["sets"][name][key] = mode_speedups(run, prefix, ENGINE_PEER_MODES[1:])
     if refused:
         report["peers_refused"] = refused
+    if peer_config:
+        report["peer_config"] = peer_config
     emit_report(report, args.json)
     if args.chart:
         from .chart import draw  # matplotlib only when asked

@@ -90,6 +90,26 @@ def headline(report: dict) -> Rows:
     return header, rows
 
 
+def structured(report: dict) -> Rows:
+    """`specops bench speculators --sets structured [--peers llama_cpp,openvino]`: each of our
+    speculators and each peer under its own structured output, same prompts, one interleaved run.
+    TPJ: tokens per target pass (ours); ratios are medians of per-prompt ratios."""
+    header = ["set", "", "tok/s", "TPJ", "s per output", "valid", "speedup vs our target-only",
+              "auto / it, tok/s", "it / auto, s per output"]
+    rows = []
+    for set_name, part in report["sets"].items():
+        seconds = part.get("time_per_output_s", {})
+        for s, r in part["speculators"].items():
+            rows.append([_set_name(set_name), f"ours, {s}", _n(r["tok_s"], 1), _n(r["tpj"], 2), _n(seconds.get(s), 2),
+                         f"{part['valid'][s]:.0%}", _x(r.get("speedup")), "", ""])
+        for name, r in part.get("peers", {}).items():
+            valid = f"{r['valid']:.0%}" + (f" ({r['errors']} errors)" if r.get("errors") else "")
+            rows.append([_set_name(set_name), name, _n(r["tok_s"], 1), "-", _n(r.get("s_per_output"), 2), valid, "",
+                         _x(part.get("peer_ratios", {}).get(f"auto_vs_{name}")),
+                         _x(part.get("peer_time_ratios", {}).get(f"auto_vs_{name}"))])
+    return header, rows
+
+
 def batching(report: dict) -> Rows:
     """`specops bench serve` (started servers): max_batch 1 against max_batch B, 1 and C clients."""
     batches = sorted((k for k in report if re.fullmatch(r"b\d+", k)), key=lambda k: int(k[1:]))
@@ -159,7 +179,8 @@ def curves(report: dict) -> Rows:
 
 
 RENDERERS: dict[str, Callable[..., Rows]] = {
-    "speculators": speculators, "peers": peers, "headline": headline, "batching": batching, "fidelity": fidelity,
+    "speculators": speculators, "peers": peers, "headline": headline, "structured": structured,
+    "batching": batching, "fidelity": fidelity,
     "precisions": precisions, "profiles": profiles, "curves": curves}
 
 

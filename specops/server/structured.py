@@ -2,7 +2,9 @@
 
 At most one constraint per request: `regex`, `grammar` (extensions), `response_format`
 (json_object / json_schema) or active `tools`. The engine (specops/engine/constraint.py) then
-masks every verified position by it.
+masks every verified position by it. Compiling and checking a grammar takes up to seconds for a
+large schema: the routes call these functions in a worker thread (run_in_threadpool), never on
+the event loop.
 """
 from __future__ import annotations
 
@@ -100,3 +102,13 @@ def tool_plan(req, grammars: Grammars) -> ToolPlan:
     named = not isinstance(req.tool_choice or "auto", str)  # a named function: one call to it
     lark = tool_calls.lark_grammar(functions, choice, req.parallel_tool_calls is not False and not named)
     return ToolPlan(listed, _compile("tools", lambda: grammars.grammar(lark)), True)
+
+
+def chat_constraint(req, grammars: Grammars) -> tuple[ToolPlan, str | None]:
+    """A chat request's tool plan and the grammar of its answer: its tools', or else that of
+    `regex`, `grammar` or `response_format` (one of them at most)."""
+    plan = tool_plan(req, grammars)
+    only_one({"tools": plan.grammar is not None, "response_format": req.response_format is not None
+              and req.response_format.type != "text", "regex": req.regex is not None,
+              "grammar": req.grammar is not None})
+    return plan, plan.grammar or constraint_grammar(req, grammars, req.response_format)
