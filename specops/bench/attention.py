@@ -28,63 +28,31 @@ def _rotary(positions: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def _session(op: str, domain: str, names: list[str], feeds: dict, attrs: dict, library: str | None, threads: int):
-    """A one-node session: inputs `names` in the operator's order ("" = an input left out)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+def one_pass(which: str, shape: tuple[int, int, int], capacity: int, past: int, rows: int, library: str | None,
+             threads: int, rng):
+    """One operator's pass of `rows` new rows of one sequence after `past` cached positions, bound
+    once and rerunnable (each run writes the same cache positions again): a function timing one
+    run, (wall s, CPU s)."""
+    from ..runtime.decoder import bound_pass
+    from ..runtime.ragged import ATTENTION_INPUTS, ROW_POS, ROW_SLOT, attention_graph
 
-    types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
-    node = helper.make_node(op, names, ["out", "k_out", "v_out"], domain=domain, **attrs)
-    graph = helper.make_graph(
-        [node], op, [helper.make_tensor_value_info(n, types[feeds[n].dtype], [f"{n}{i}" for i in range(feeds[n].ndim)])
-                     for n in names if n],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out", "k_out", "v_out")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if library:
-        so.register_custom_ops_library(library)
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    heads, kv_heads, d = shape
+    cos, sin = _rotary(capacity, d)
+    cache = (rng.standard_normal((1, kv_heads, capacity, d)) * 0.5).astype(np.float32)
+    every = {"qkv": rng.standard_normal((1, rows, (heads + 2 * kv_heads) * d)).astype(np.float32),
+             "key_cache": cache, "value_cache": cache.copy(), "cos": cos, "sin": sin,
+             ROW_SLOT: np.zeros(rows, np.int32), ROW_POS: np.arange(past, past + rows, dtype=np.int32),
+             "seqlens_k": np.array([past + rows - 1], np.int32), "total_sequence_length": np.array(past + rows, np.int32)}
+    feeds = {n: every[n] for n in ATTENTION_INPUTS[which] if n}
+    run = bound_pass(attention_graph(which, heads, kv_heads), feeds,
+                     {"key_cache": "key_out", "value_cache": "value_out"},
+                     library if which == "specops" else None, threads)
 
-
-class Pass:
-    """One operator's pass of `rows` new rows after `past` cached positions, rerunnable (each run
-    writes the same cache positions again)."""
-
-    def __init__(self, which: str, shape: tuple[int, int, int], capacity: int, past: int, rows: int,
-                 library: str | None, threads: int, rng):
-        import onnxruntime as ort
-
-        heads, kv_heads, d = shape
-        cos, sin = _rotary(capacity, d)
-        cache = (rng.standard_normal((1, kv_heads, capacity, d)) * 0.5).astype(np.float32)
-        feeds = {"qkv": rng.standard_normal((1, rows, (heads + 2 * kv_heads) * d)).astype(np.float32),
-                 "kc": cache, "vc": cache.copy(), "cos": cos, "sin": sin,
-                 "slot": np.zeros(rows, np.int32), "pos": np.arange(past, past + rows, dtype=np.int32),
-                 "seqlens": np.array([past + rows - 1], np.int32), "total": np.array(past + rows, np.int32)}
-        if which == "specops":
-            names = ["qkv", "kc", "vc", "slot", "pos", "cos", "sin"]
-            attrs = dict(num_heads=heads, kv_num_heads=kv_heads, scale=0.0)
-            self.session = _session("Attention", "specops", names, feeds, attrs, library, threads)
-        else:
-            names = ["qkv", "", "", "kc", "vc", "seqlens", "total", "cos", "sin"]
-            attrs = dict(num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0)
-            self.session = _session("GroupQueryAttention", "com.microsoft", names, feeds, attrs, None, threads)
-        self.io = self.session.io_binding()
-        for name in filter(None, names):
-            if name in ("kc", "vc"):  # the cache: input and output one buffer, written in place
-                value = ort.OrtValue.ortvalue_from_numpy(feeds[name])
-                self.io.bind_ortvalue_input(name, value)
-                self.io.bind_ortvalue_output(name[0] + "_out", value)
-            else:
-                self.io.bind_cpu_input(name, feeds[name])
-        self.io.bind_output("out")
-
-    def __call__(self) -> tuple[float, float]:
+    def timed() -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        self.session.run_with_iobinding(self.io)
+        run()
         return time.perf_counter() - t0, time.process_time() - c0
+    return timed
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -111,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
     for past in map(int, args.past.split(",")):
         for rows in map(int, args.rows.split(",")):
             capacity = (past + rows + 15) // 16 * 16
-            ops = {w: Pass(w, shape, capacity, past, rows, library, args.threads, rng) for w in ("specops", "onnxruntime")}
+            ops = {w: one_pass(w, shape, capacity, past, rows, library, args.threads, rng)
+                   for w in ("specops", "onnxruntime")}
             for op in ops.values():
                 op()  # warm-up
             times: dict[str, list[tuple[float, float]]] = {w: [] for w in ops}

@@ -93,6 +93,31 @@ def operator_session(graph: bytes, custom_ops: str, initializers: dict[str, np.n
     return ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
 
 
+def bound_pass(graph: bytes, feeds: dict[str, np.ndarray], in_place: dict[str, str], custom_ops: str | None = None,
+               threads: int = 2):
+    """A session on `graph` with every input bound once: `feeds` by name, each input named in
+    `in_place` bound as its output too (one buffer, written in place, as the decoders bind their
+    caches). Returns a function that runs the pass again (benchmarks of one operator)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if custom_ops:
+        so.register_custom_ops_library(custom_ops)
+    session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
+    io = session.io_binding()
+    for name, array in feeds.items():
+        if name in in_place:
+            value = ort.OrtValue.ortvalue_from_numpy(array)
+            io.bind_ortvalue_input(name, value)
+            io.bind_ortvalue_output(in_place[name], value)
+        else:
+            io.bind_cpu_input(name, array)
+    for out in session.get_outputs():
+        if out.name not in in_place.values():
+            io.bind_output(out.name)
+    return lambda: session.run_with_iobinding(io)
+
+
 class Decoder:
     """A causal LM with its KV cache. `length` tokens are cached; `append` adds more."""
 

@@ -86,6 +86,37 @@ def _drop_dead(graph) -> None:
         kept.extend(x for x in items if x.name in read)
 
 
+# the one-node graphs of attention_graph: inputs in each operator's order ("" = left out)
+ATTENTION_INPUTS = {"specops": ["qkv", "key_cache", "value_cache", ROW_SLOT, ROW_POS, "cos", "sin"],
+                    "onnxruntime": ["qkv", "", "", "key_cache", "value_cache", "seqlens_k", "total_sequence_length",
+                                    "cos", "sin"]}
+
+
+def attention_graph(which: str, heads: int, kv_heads: int) -> bytes:
+    """One attention node as a model: specops.Attention, or the builder's GroupQueryAttention
+    (rotary half-split, caches as past and present). Outputs: out, key_out, value_out (bind the
+    caches' outputs to their inputs to write in place). For benchmarks and checks."""
+    from onnx import TensorProto, helper
+
+    names = ATTENTION_INPUTS[which]
+    int32 = {ROW_SLOT, ROW_POS, "seqlens_k", "total_sequence_length"}
+    ranks = {ROW_SLOT: 1, ROW_POS: 1, "seqlens_k": 1, "total_sequence_length": 0, "cos": 2, "sin": 2, "qkv": 3}
+    if which == "specops":
+        node = helper.make_node(ATTENTION_OP, names, ["out", "key_out", "value_out"], domain=ATTENTION_DOMAIN,
+                                num_heads=heads, kv_num_heads=kv_heads, scale=0.0)
+        domain = ATTENTION_DOMAIN
+    else:
+        node = helper.make_node("GroupQueryAttention", names, ["out", "key_out", "value_out"], domain="com.microsoft",
+                                num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0)
+        domain = "com.microsoft"
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT32 if n in int32 else TensorProto.FLOAT,
+                                            [f"{n}_{i}" for i in range(ranks.get(n, 4))]) for n in names if n]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("out", "key_out", "value_out")]
+    graph = helper.make_graph([node], which, inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
+    return model.SerializeToString()
+
+
 def blocked_keys(keys):
     """[..., capacity, D] keys in the operator's layout (blocks of 16 positions, [D][16] each),
     as an array of the same shape; `unblocked_keys` undoes it."""

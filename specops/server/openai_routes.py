@@ -11,7 +11,6 @@ import uuid
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from .backend import Delta, Finished, Ticket
 from .contract import AUTH_ERRORS, OPENAI_RESPONSES
@@ -20,7 +19,7 @@ from .openai_logprobs import chat_logprobs, completion_logprobs
 from .openai_schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from .routes import respond, sse
 from .service import Service, get_service
-from .structured import chat_constraint, constraint_grammar
+from .structured import chat_constraint, compiling, constraint_grammar
 from .tool_calls import ToolCallParser
 from .validation import chat_prompt, check_max_new_tokens, validate
 
@@ -121,7 +120,7 @@ class _Stream:
 async def completions(req: CompletionRequest, request: Request, service: Service = Depends(get_service)):
     _check_model(req, service)
     engine = service.ready_engine()
-    grammar = await run_in_threadpool(constraint_grammar, req, engine.grammars)
+    grammar = await compiling(constraint_grammar, req, engine.grammars)
     valid = validate(req, req.prompt_text(), req.max_tokens, engine, service.settings,
                      default_temperature=OPENAI_DEFAULT_TEMPERATURE, budget_field="max_tokens",
                      grammar=grammar, logprobs=req.logprobs)
@@ -153,7 +152,7 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, service
     engine = service.ready_engine()
     if req.max_completion_tokens is not None:  # max_tokens is then unused, but must still be within its limit
         check_max_new_tokens(req.max_tokens, service.settings, engine.capacity, "max_tokens")
-    plan, grammar = await run_in_threadpool(chat_constraint, req, engine.grammars)  # (a compile may take seconds)
+    plan, grammar = await compiling(chat_constraint, req, engine.grammars)  # (a compile may take seconds)
     logprobs = _chat_logprobs(req)
     valid = validate(req, chat_prompt(plan.messages, engine), req.token_budget(), engine, service.settings,
                      default_temperature=OPENAI_DEFAULT_TEMPERATURE,

@@ -7,7 +7,6 @@ from typing import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .backend import ClientGone, Delta, Finished, Ticket
@@ -15,7 +14,7 @@ from .contract import GENERATION_ERRORS, stream_or_json
 from .errors import ServiceError, error_body
 from .schemas import GenerateRequest, GenerateResponse, HealthResponse, StreamDelta
 from .service import Service, get_service
-from .structured import constraint_grammar
+from .structured import compiling, constraint_grammar
 from .validation import ValidRequest, validate
 
 router = APIRouter()
@@ -99,7 +98,7 @@ async def _generate_events(ticket: Ticket) -> AsyncIterator[str]:
 async def generate(req: GenerateRequest, request: Request, service: Service = Depends(get_service)):
     """Generate from a raw text prompt; `stream: true` answers with Server-Sent Events."""
     engine = service.ready_engine()
-    grammar = await run_in_threadpool(constraint_grammar, req, engine.grammars)  # (a compile may take seconds)
+    grammar = await compiling(constraint_grammar, req, engine.grammars)  # (a compile may take seconds)
     valid = validate(req, req.prompt, req.max_new_tokens, engine, service.settings, default_temperature=0.0,
                      grammar=grammar)
     return await respond(request, service, valid, generate_response, _generate_events)

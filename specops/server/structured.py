@@ -3,11 +3,14 @@
 At most one constraint per request: `regex`, `grammar` (extensions), `response_format`
 (json_object / json_schema) or active `tools`. The engine (specops/engine/constraint.py) then
 masks every verified position by it. Compiling and checking a grammar takes up to seconds for a
-large schema: the routes call these functions in a worker thread (run_in_threadpool), never on
-the event loop.
+large schema: the routes call these functions through `compiling`, on one thread of their own,
+never on the event loop (one thread: compiles queue behind each other, and the process's thread
+count stays put, where a pool's idle workers linger).
 """
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..engine.constraint import GrammarError, Grammars
@@ -112,3 +115,12 @@ def chat_constraint(req, grammars: Grammars) -> tuple[ToolPlan, str | None]:
               and req.response_format.type != "text", "regex": req.regex is not None,
               "grammar": req.grammar is not None})
     return plan, plan.grammar or constraint_grammar(req, grammars, req.response_format)
+
+
+_COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="specops-grammar")
+
+
+async def compiling(fn, *args):
+    """fn(*args) on the grammar thread (constraint_grammar, chat_constraint): the event loop keeps
+    serving /health and the streams while a large schema compiles."""
+    return await asyncio.get_running_loop().run_in_executor(_COMPILER, fn, *args)
