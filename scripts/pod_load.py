@@ -129,7 +129,9 @@ def by_speculator(results: list[dict]) -> dict:
     """Per speculator named by the requests: tokens, TTFT, and the decode rate per request
     (median etc.) and pooled (tokens after the first / decoding time, over all its requests)."""
     out = {}
-    for name in sorted({r["speculator"] for r in results if r.get("speculator")}):
+    order = ("none", "ngram", "draft", "hybrid", "auto")
+    named = {r["speculator"] for r in results if r.get("speculator")}
+    for name in sorted(named, key=lambda n: (order.index(n) if n in order else len(order), n)):
         ok = [r for r in results if r.get("speculator") == name and "error" not in r]
         timed = [r for r in ok if _decoded(r)]
         decode_s = sum(r["latency_s"] - r["ttft_s"] for r in timed)

@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 from pod_cgroup import Sandbox, SandboxError  # noqa: E402
+from specops.bench.measure import run_record  # noqa: E402
 from pod_load import counts_delta, drive, load_summary, long_prompt, server_counts  # noqa: E402
 
 MiB = 1 << 20
@@ -269,6 +270,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--speculators", default="", help="comma-separated; requests name them in turn (none,ngram,auto)")
     p.add_argument("--port", type=int, help="the server's port (default: a free one)")
+    p.add_argument("--label", default="", help="the run's name in docs' tables (e.g. stock path)")
     p.add_argument("--ready-timeout-s", type=float, default=900)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -284,8 +286,8 @@ def main() -> int:
     except SandboxError as err:
         print(f"pod_rehearsal: {err}", file=sys.stderr)
         return 2
-    report = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "manifest": str(args.manifest), "env": env, **report}
+    report = {"label": args.label, "run": run_record(["python", *sys.argv]), "manifest": str(args.manifest),
+              "env": env, **report}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
