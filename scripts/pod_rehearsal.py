@@ -17,14 +17,16 @@ dropped first, so the pod's cgroup is charged for reading them as a fresh pod wo
 cgroup (scripts/pod_cgroup.py: v2 where the unified hierarchy has the memory controller, else
 v1) needs root; where none can be made the script says why and exits 2.
 
-Load: --clients loops of a mix (streamed /generate, streamed and plain chat, a prompt of half the
-context cap, a stream left after 3 tokens), ignore_eos where the API has it. Reported: ready
-time, the plan (/health: context cap, max_batch, need, notes) and the kernel; the cgroup at
+Load (scripts/pod_load.py): --clients loops of a mix (streamed /generate, streamed and plain chat,
+a prompt of half the context cap, a stream left after 3 tokens), ignore_eos; with
+`--speculators none,ngram,auto` the requests name them in turn (interleaved in one run). Reported:
+ready time, the plan (/health: context cap, max_batch, need, notes) and the kernel; the cgroup at
 ready (kernel peak while loading; anon, page cache, mapped file) and under load (peak, the
 sample at the peak), OOM kills, limit hits (v1 memory.failcnt, v2 memory.events max), major
 faults per generated token (the cgroup's pgmajfault over the server's generated-token counter),
-tok/s, TTFT and latency percentiles by kind, errors. Exit 0 when the server served the whole
-run without an OOM kill or 5xx.
+tok/s, TTFT and latency percentiles by kind; by speculator: decode tok/s per request, TTFT, and
+the server's tokens per target pass; errors. Exit 0 when the server served the whole run without
+an OOM kill or 5xx.
 """
 from __future__ import annotations
 
@@ -32,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -44,13 +45,14 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 from pod_cgroup import Sandbox, SandboxError  # noqa: E402
+from specops.bench.measure import run_record  # noqa: E402
+from pod_load import counts_delta, drive, load_summary, long_prompt, server_counts  # noqa: E402
 
 MiB = 1 << 20
 UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
@@ -183,113 +185,12 @@ def generated_tokens(url: str) -> float:
                if line.startswith("specops_generated_tokens_total"))
 
 
-# -- the load --------------------------------------------------------------------------------
-SHORT = ["Write a haiku about the sea.", "def fibonacci(n):\n", "Explain what a hash table is.",
-         "The capital of France is", "List three prime numbers.", "import os\nimport sys\n\n\ndef main():\n"]
-KINDS = ("stream", "chat_stream", "chat_plain", "long", "disconnect")
-
-
-def long_prompt(tokenizer_file: Path, tokens: int) -> str:
-    """Text of about `tokens` tokens of the served tokenizer (the README, repeated if short)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_file))
-    ids = tok.encode((ROOT / "README.md").read_text()).ids
-    while len(ids) < tokens:
-        ids = ids + ids
-    return tok.decode(ids[:tokens])
-
-
-def request_for(kind: str, rng: random.Random, long_text: str, new_tokens: int) -> tuple[str, dict]:
-    short = rng.choice(SHORT)
-    chat = {"messages": [{"role": "user", "content": short}], "max_tokens": new_tokens, "ignore_eos": True,
-            "temperature": 0}
-    return {
-        "stream": ("/generate", {"prompt": short, "max_new_tokens": new_tokens, "ignore_eos": True, "stream": True}),
-        "chat_stream": ("/v1/chat/completions", {**chat, "stream": True, "stream_options": {"include_usage": True}}),
-        "chat_plain": ("/v1/chat/completions", {**chat, "max_tokens": new_tokens // 2}),
-        "long": ("/generate", {"prompt": long_text, "max_new_tokens": new_tokens // 2, "ignore_eos": True,
-                               "stream": True}),
-        "disconnect": ("/generate", {"prompt": short, "max_new_tokens": new_tokens * 2, "ignore_eos": True,
-                                     "stream": True}),
-    }[kind]
-
-
-async def one(client: httpx.AsyncClient, kind: str, path: str, body: dict) -> dict:
-    """One request: latency, TTFT (first streamed event with text), or the error."""
-    t0 = time.perf_counter()
-    if not body.get("stream"):
-        r = await client.post(path, json=body)
-        out = {"kind": kind, "status": r.status_code, "latency_s": time.perf_counter() - t0}
-        return out if r.status_code == 200 else {**out, "error": r.text[:200]}
-    ttft, events = None, 0
-    async with client.stream("POST", path, json=body) as r:
-        if r.status_code != 200:
-            return {"kind": kind, "status": r.status_code, "error": (await r.aread())[:200].decode(errors="replace")}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[6:])
-            has_text = event.get("type") == "token" or any(
-                c.get("delta", {}).get("content") for c in event.get("choices", []))
-            if has_text:
-                events += 1
-                ttft = ttft if ttft is not None else time.perf_counter() - t0
-            if kind == "disconnect" and events >= 3:
-                break  # leave mid-stream: the server must cancel this generation only
-    return {"kind": kind, "status": 200, "latency_s": time.perf_counter() - t0, "ttft_s": ttft}
-
-
-async def drive(url: str, clients: int, seconds: float, long_text: str, new_tokens: int, seed: int) -> list[dict]:
-    results: list[dict] = []
-    end = time.monotonic() + seconds
-
-    async def loop(i: int) -> None:
-        rng = random.Random(seed + i)
-        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-            while time.monotonic() < end:
-                kind = rng.choice(KINDS)
-                path, body = request_for(kind, rng, long_text, new_tokens)
-                try:
-                    results.append(await one(client, kind, path, body))
-                except httpx.HTTPError as err:
-                    results.append({"kind": kind, "error": type(err).__name__})
-                if results[-1].get("status") == 429:
-                    await asyncio.sleep(1.0)
-
-    await asyncio.gather(*(loop(i) for i in range(clients)))
-    return results
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {}
-    p = np.percentile(np.array(values), [50, 90, 99])
-    return {"p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3), "p99": round(float(p[2]), 3), "n": len(values)}
-
-
-def load_summary(results: list[dict]) -> dict:
-    by_kind = {}
-    for kind in KINDS:
-        rs = [r for r in results if r["kind"] == kind]
-        ok = [r for r in rs if "error" not in r]
-        by_kind[kind] = {"requests": len(rs), "errors": len(rs) - len(ok),
-                         "latency_s": percentiles([r["latency_s"] for r in ok]),
-                         "ttft_s": percentiles([r["ttft_s"] for r in ok if r.get("ttft_s") is not None])}
-    errors = [r for r in results if "error" in r]
-    return {"requests": len(results), "errors": len(errors), "status_5xx": sum(r.get("status", 0) >= 500 for r in results),
-            "first_errors": [f"{r['kind']}: {r.get('status')} {r['error']}" for r in errors[:5]],
-            "ttft_s": percentiles([r["ttft_s"] for r in results if r.get("ttft_s") is not None]),
-            "latency_s": percentiles([r["latency_s"] for r in results if "error" not in r and r["kind"] != "disconnect"]),
-            "by_kind": by_kind}
-
-
 # -- the run ---------------------------------------------------------------------------------
 def rehearse(env: dict, memory_bytes: int, cpus: float, minutes: float, clients: int, new_tokens: int,
-             ready_timeout_s: float, seed: int = 0) -> dict:
+             ready_timeout_s: float, seed: int = 0, speculators: tuple[str, ...] = (), port: int | None = None) -> dict:
     evicted = evict_page_cache(env)
     box = Sandbox.create("specops-rehearsal", memory_bytes, cpus)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile("w+", prefix="rehearsal-", suffix=".log", delete=False)
     sampler = Sampler(box)
@@ -300,10 +201,12 @@ def rehearse(env: dict, memory_bytes: int, cpus: float, minutes: float, clients:
                             preexec_fn=box.enter)
     report: dict = {"cgroup": {"version": box.version, "memory_dir": str(box.memory_dir),
                                "limit_mib": round(memory_bytes / MiB, 1), "cpus": cpus},
-                    "server_log": log.name, "page_cache_evicted_mib": round(evicted / MiB, 1)}
+                    "server_log": log.name, "page_cache_evicted_mib": round(evicted / MiB, 1),
+                    "loadavg": {"start": os.getloadavg()}}
     try:
         health = wait_ready(url, proc, ready_timeout_s)
         t_ready = time.monotonic()
+        report["loadavg"]["ready"] = os.getloadavg()
         at_ready = box.counters()
         report["ready_s"] = round(t_ready - t0, 1) if health.get("status") == "ready" else None
         report["health"] = health
@@ -319,17 +222,20 @@ def rehearse(env: dict, memory_bytes: int, cpus: float, minutes: float, clients:
         tokenizer = ROOT / env["SPECOPS_TARGET_MODEL"] / "tokenizer.json"  # an absolute path stays itself
         text = long_prompt(tokenizer, max(16, (plan.get("context_cap") or 512) // 2))
         tokens0, faults0, t_load = generated_tokens(url), box.counters()["pgmajfault"], time.monotonic()
-        results = asyncio.run(drive(url, clients, minutes * 60, text, new_tokens, seed))
+        counts0 = server_counts(url)
+        results = asyncio.run(drive(url, clients, minutes * 60, text, new_tokens, seed, speculators))
         load_s = time.monotonic() - t_load
+        report["loadavg"]["end"] = os.getloadavg()
         end = box.counters()
         alive = proc.poll() is None
         tokens = generated_tokens(url) - tokens0 if alive else None
+        counts = counts_delta(counts0, server_counts(url)) if alive else None
         faults = end["pgmajfault"] - faults0
         report["load"] = {"seconds": round(load_s, 1), "clients": clients, "generated_tokens": tokens,
                           "tokens_per_s": round(tokens / load_s, 2) if tokens else None,
                           "major_faults": faults,
                           "major_faults_per_token": round(faults / tokens, 3) if tokens else None,
-                          **load_summary(results)}
+                          **load_summary(results), "server_by_speculator": counts}
         report["under_load"] = memory_view(sampler.since(t_load), end["peak"] if box.version == 1 else None)
         report["oom_kills"], report["limit_hits"] = end["oom_kill"], end["limit_hits"]
         report["server_alive"] = alive
@@ -362,6 +268,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--clients", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--speculators", default="", help="comma-separated; requests name them in turn (none,ngram,auto)")
+    p.add_argument("--port", type=int, help="the server's port (default: a free one)")
+    p.add_argument("--label", default="", help="the run's name in docs' tables (e.g. stock path)")
     p.add_argument("--ready-timeout-s", type=float, default=900)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -372,11 +281,13 @@ def main() -> int:
                                                       if "SPECOPS_MEMORY_LIMIT_BYTES" in pod["env"] else {})}},
                      args.env, maps, not args.no_downward_limit)
     try:
-        report = rehearse(env, memory, pod["cpus"], args.minutes, args.clients, args.new_tokens, args.ready_timeout_s)
+        report = rehearse(env, memory, pod["cpus"], args.minutes, args.clients, args.new_tokens, args.ready_timeout_s,
+                          speculators=tuple(x for x in args.speculators.split(",") if x), port=args.port)
     except SandboxError as err:
         print(f"pod_rehearsal: {err}", file=sys.stderr)
         return 2
-    report = {"manifest": str(args.manifest), "env": env, **report}
+    report = {"label": args.label, "run": run_record(["python", *sys.argv]), "manifest": str(args.manifest),
+              "env": env, **report}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,15 @@ from .speculators.vocab_bridge import VocabBridge
 
 MAX_K = 16
 log = logging.getLogger("specops.loader")
+
+
+class LoadStopped(Exception):
+    """The load was asked to stop (the server is shutting down) and gave up between two passes."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise LoadStopped
 
 
 @dataclass
@@ -108,7 +118,9 @@ def engine_target(settings: Settings, spec: ModelSpec) -> Decoder | SlotDecoder:
     return _single_target(spec, target_config(settings), settings.context_length or None)
 
 
-def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True) -> Engine:
+def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True,
+                stop: threading.Event | None = None) -> Engine:
+    """`stop`: set by another thread to abandon the load at its next timing pass (LoadStopped)."""
     paths = paths or local_paths(settings)
     cap = settings.context_length or None
     target_spec = read_model_folder(paths.target, settings.verify_checksums)
@@ -125,13 +137,15 @@ def load_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: 
     engine = Engine(target, tokenizer, draft, NgramSpeculator(settings.ngram_min, settings.ngram_max),
                     prefill_chunk=settings.prefill_chunk)
     if calibrate:
-        engine.cost = calibrated_costs(settings, target, draft.decoder if draft is not None else None)
+        engine.cost = calibrated_costs(settings, target, draft.decoder if draft is not None else None, stop)
     return engine
 
 
-def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True) -> BatchEngine:
+def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calibrate: bool = True,
+                      stop: threading.Event | None = None) -> BatchEngine:
     """The continuous-batching engine: `settings.max_batch` slots of the target's cache; each
-    sequence that uses the draft gets its own draft cache on one shared draft session."""
+    sequence that uses the draft gets its own draft cache on one shared draft session. `stop` as
+    in `load_engine`."""
     paths = paths or local_paths(settings)
     target_spec = read_model_folder(paths.target, settings.verify_checksums)
     batch = BatchDecoder(target_spec, target_config(settings),
@@ -149,7 +163,7 @@ def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calib
         def make_draft() -> DraftModelSpeculator:
             decoder = spare.pop() if spare else Decoder(draft_spec, capacity=batch.capacity, session=first.session)
             return DraftModelSpeculator(decoder, bridge)
-    cost = (calibrated_costs(settings, SlotDecoder(batch, 0), first) if calibrate
+    cost = (calibrated_costs(settings, SlotDecoder(batch, 0), first, stop) if calibrate
             else CostModel(verify_s=[1.0], draft_s=0.0 if first is not None else None))
     engine = BatchEngine(batch, tokenizer, cost, make_draft, (settings.ngram_min, settings.ngram_max),
                          settings.prefill_chunk)
@@ -158,8 +172,10 @@ def load_batch_engine(settings: Settings, paths: ModelPaths | None = None, calib
     return engine
 
 
-def timed_pass(decoder: Decoder, ids) -> float:
-    """Seconds of one pass over `ids` on top of the cache, which is then rewound."""
+def timed_pass(decoder: Decoder, ids, stop: threading.Event | None = None) -> float:
+    """Seconds of one pass over `ids` on top of the cache, which is then rewound; LoadStopped
+    instead once `stop` is set."""
+    _check(stop)
     length = decoder.length
     t = time.perf_counter()
     decoder.append(ids, copy=False)
@@ -168,11 +184,13 @@ def timed_pass(decoder: Decoder, ids) -> float:
     return seconds
 
 
-def calibrated_costs(settings: Settings, target, draft: Decoder | None) -> CostModel:
+def calibrated_costs(settings: Settings, target, draft: Decoder | None,
+                     stop: threading.Event | None = None) -> CostModel:
     """`measure_costs`, or the curve cached for this model file, CPU and settings, checked by a
-    few passes and scaled to them (specops.cost_cache); a fresh sweep is cached for next time."""
+    few passes and scaled to them (specops.cost_cache); a fresh sweep is cached for next time.
+    Raises LoadStopped between two passes once `stop` is set."""
     if not settings.cost_cache:
-        return measure_costs(target, draft, MAX_K)
+        return measure_costs(target, draft, MAX_K, stop=stop)
     folder = kernel_cache(settings) / "costs"
     key = cost_cache.cost_key(
         target.spec.model_file, draft.spec.model_file if draft is not None else None, max_k=MAX_K,
@@ -182,26 +200,27 @@ def calibrated_costs(settings: Settings, target, draft: Decoder | None) -> CostM
     cached = cost_cache.load(folder, key)
     if cached is not None:
         t = time.perf_counter()
-        factor = cost_cache.drift(cached, probe_costs(target, (1, MAX_K + 1)))
+        factor = cost_cache.drift(cached, probe_costs(target, (1, MAX_K + 1), stop=stop))
         if cost_cache.usable(factor):
             log.info("pass costs: cached curve %s x %.2f (checked in %.1f s)", key, factor, time.perf_counter() - t)
             return cost_cache.rescaled(cached, factor)
         log.info("pass costs: cached curve %s off by x %.2f: timing again", key, factor)
     t = time.perf_counter()
-    cost = measure_costs(target, draft, MAX_K)
+    cost = measure_costs(target, draft, MAX_K, stop=stop)
     saved = cost_cache.save(folder, key, cost)
     log.info("pass costs: timed in %.1f s%s", time.perf_counter() - t,
              f", cached as {key}" if saved else f" ({folder} cannot be written: not cached)")
     return cost
 
 
-def probe_costs(target, lengths: tuple[int, ...], prefix: int = 64, block: int = 5) -> dict[int, float]:
+def probe_costs(target, lengths: tuple[int, ...], prefix: int = 64, block: int = 5,
+                stop: threading.Event | None = None) -> dict[int, float]:
     """Median seconds of a target pass over each of `lengths` tokens after `prefix` (the first two
     passes of each block only warm up): a few passes to check a cached curve against."""
     ids = (np.arange(prefix + max(lengths)) % 200 + 3).tolist()
     target.reset()
     target.prefill(ids[:prefix])
-    out = {n: float(np.median([timed_pass(target, ids[prefix:prefix + n]) for _ in range(block)][2:]))
+    out = {n: float(np.median([timed_pass(target, ids[prefix:prefix + n], stop) for _ in range(block)][2:]))
            for n in sorted(lengths, reverse=True)}
     target.reset()
     return out
@@ -218,7 +237,7 @@ def timed_lengths(max_k: int) -> list[int]:
 
 
 def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, repeats: int = 3,
-                  block: int = 6) -> CostModel:
+                  block: int = 6, stop: threading.Event | None = None) -> CostModel:
     """Time target passes over n tokens after `prefix` tokens (n from `timed_lengths`; the table
     for every n = 1..max_k+1 comes from the line through them), alone and right after two draft
     passes (as in a draft round), and one draft pass. `target`: a Decoder or a slot of the batch
@@ -236,10 +255,10 @@ def measure_costs(target, draft: Decoder | None, max_k: int, prefix: int = 64, r
         draft.prefill(ids[:prefix])
 
     def verify(n: int) -> float:
-        return timed_pass(target, ids[prefix:prefix + n])
+        return timed_pass(target, ids[prefix:prefix + n], stop)
 
     def draft_pass() -> float:
-        return timed_pass(draft, ids[prefix:prefix + 1])
+        return timed_pass(draft, ids[prefix:prefix + 1], stop)
 
     ns = timed_lengths(max_k)
     plain, after, drafts = {n: [] for n in ns}, {n: [] for n in ns}, []

@@ -63,7 +63,8 @@ def _limit_of_the_plan(env: dict) -> tuple[int, Settings]:
 
 def _rehearse(env: dict, limit: int, seconds: float) -> dict:
     try:
-        return rehearsal.rehearse(env, limit, 2.0, seconds / 60, clients=2, new_tokens=32, ready_timeout_s=300)
+        return rehearsal.rehearse(env, limit, 2.0, seconds / 60, clients=2, new_tokens=32, ready_timeout_s=300,
+                                  speculators=("none", "ngram"))
     except rehearsal.SandboxError as err:
         pytest.skip(f"no cgroup can be created here: {err}")
 
@@ -78,6 +79,12 @@ def test_a_limit_the_plan_accepts_serves_a_mixed_load_within_the_plan():
     load = report["load"]
     assert load["status_5xx"] == 0 and load["errors"] == 0 and load["requests"] >= 4
     assert {k for k, v in load["by_kind"].items() if v["requests"]} >= {"stream", "long"}
+    # the requests named the speculators in turn: each served tokens, and the server counted them
+    for name in ("none", "ngram"):
+        assert load["by_speculator"][name]["tokens"] > 0 and load["by_speculator"][name]["decode_tok_s"], load
+        assert load["server_by_speculator"][name]["tokens"] > 0, load
+    none = load["server_by_speculator"]["none"]  # one token a decoding pass, plus each request's first
+    assert 0 < none["tokens"] - none["target_passes"] <= load["by_speculator"]["none"]["requests"], load
     # the working set (anon + mapped files: libraries count there when this cgroup faulted them
     # in first) within the plan less its reclaim margin; unmapped page cache may fill the rest
     # of the limit (reclaimable)

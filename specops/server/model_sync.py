@@ -3,7 +3,9 @@ files, load the engine, run one real warm-up generation, then hand the engine to
 
 Runs in its own thread so the event loop (and /health/live) stays responsive during a
 multi-gigabyte download. Any failure ends in health `failed` with the phase, the file and
-the error; the process stays up to report it.
+the error; the process stays up to report it. `stop` abandons the load at its next check
+(between phases, between timing passes): a process must not exit while this thread is inside
+onnxruntime (its exit then aborts: "terminate called without an active exception").
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..budget import plan_for
 from ..config import Settings
 from ..engine.llm_engine import Engine
 from ..engine.sampling_params import SamplingParams
-from ..loader import ModelPaths, kernel_cache, load_batch_engine, load_engine, resolve_kernel
+from ..loader import LoadStopped, ModelPaths, kernel_cache, load_batch_engine, load_engine, resolve_kernel
 from ..model_source import is_hub_id, sync_paths
 from ..runtime.model_folder import ModelFolderError, ModelSpec, read_model_folder
 from .health import Health
@@ -77,9 +79,22 @@ class ModelSync:
     def __init__(self, settings: Settings, health: Health, on_ready: Callable[[Engine], None]):
         self.settings, self.health, self.on_ready = settings, health, on_ready
         self.thread = threading.Thread(target=self._run, name="specops-model-sync", daemon=True)
+        self.stopping = threading.Event()
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop(self, wait_s: float) -> bool:
+        """Ask the load to stop at its next check and wait up to `wait_s` for the thread to end.
+        True when no load runs any more (finished, stopped, or never started)."""
+        self.stopping.set()
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            self.thread.join(wait_s)
+        return not self.thread.is_alive()
+
+    def _check(self) -> None:
+        if self.stopping.is_set():
+            raise LoadStopped
 
     def _run(self) -> None:
         self._phase = "syncing"
@@ -88,15 +103,20 @@ class ModelSync:
             self.health.set("syncing")
             paths = sync_paths(self.settings)
             specs = verify_paths(paths, self.settings.verify_checksums)
+            self._check()
             self._enter("loading")
             engine = self._load(paths, *specs)
+            self._check()
             self._enter("warming")
             self._warm_up(engine)
+            self._check()
             # a new dict, swapped in whole: /health may be serializing the old one right now
             self.health.models = {**self.health.models, **self._describe(paths, engine)}
             self.health.watched = tuple(f for spec in specs if spec is not None for f in model_files(spec))
             self.on_ready(engine)
             self.health.set("ready")
+        except LoadStopped:  # the server is going down: health stays "draining"
+            log.info("model sync stopped while %s: the server is shutting down", self._phase)
         except Exception as err:  # reported through /health and the log, never a silent exit
             log.exception("model sync failed while %s", self._phase)
             detail = str(err) if isinstance(err, (OSError, ValueError)) else f"{type(err).__name__}: {err}"
@@ -126,8 +146,8 @@ class ModelSync:
                                                     # (auto still falls back if tiling fails at load)
                                                     "kernel": "stock" if kernel == "stock" else self.settings.kernel})
         if settings.max_batch > 1 and target_spec.layout == "builder" and target_spec.share_past_present:
-            return load_batch_engine(settings, paths)
-        return load_engine(settings, paths)
+            return load_batch_engine(settings, paths, stop=self.stopping)
+        return load_engine(settings, paths, stop=self.stopping)
 
     def _warm_up(self, engine: Engine) -> None:
         if self.settings.warmup_tokens == 0:

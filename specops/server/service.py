@@ -41,6 +41,7 @@ class Service:
         self.sync.start()
 
     def stop(self) -> None:
+        self.sync.stop(wait_s=0)  # a load still running gives up at its next check
         self.worker.stop()
 
 

@@ -6,7 +6,12 @@ uvicorn's own handler stops listening at once and, after shutdown, re-raises the
 1. health -> draining (readiness 503, new generation requests 503);
 2. queued and running requests finish, for at most `drain_grace_s`; then the rest are
    cancelled (running) or refused with 503 (queued) -- none is dropped silently;
-3. the server is told to exit: `should_exit` on uvicorn's Server (no re-raised signal), or
+3. a model load still running is asked to stop (it checks between phases and between timing
+   passes) and given `drain_grace_s` to do so; one that cannot (inside a session's creation for
+   longer) ends the process at once with exit code 0 (`os._exit`): exiting normally while another
+   thread is inside onnxruntime aborts the process ("terminate called without an active
+   exception", SIGABRT), which is what a pod stopped during its start-up used to do;
+4. the server is told to exit: `should_exit` on uvicorn's Server (no re-raised signal), or
    the previous handler when the server is not uvicorn.
 
 A second SIGINT (Ctrl-C twice) skips the wait through the previous handler's force path; a
@@ -15,7 +20,9 @@ repeated SIGTERM is ignored (`timeout`, `kill -TERM -<pgid>` deliver it twice at
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -63,6 +70,12 @@ class DrainOnSignal:
             queued, running = worker.load()
             log.warning("grace period over: cancelling %d running, refusing %d queued", running, queued)
         worker.stop()
+        if not self.service.sync.stop(self.service.settings.drain_grace_s):
+            log.warning("the model load did not stop within %g s: exiting now", self.service.settings.drain_grace_s)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         self._exit(sig, None, force=False)
 
     def _exit(self, sig: int, frame: FrameType | None, force: bool) -> None:
