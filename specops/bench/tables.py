@@ -178,10 +178,54 @@ def curves(report: dict) -> Rows:
     return header, [[name, *(_n(v, 1) for v in ms)] for name, ms in report["curves_ms"].items()]
 
 
+def _run_name(r: dict) -> str:
+    return r.get("label") or Path(r["env"]["SPECOPS_TARGET_MODEL"]).name
+
+
+def rehearsals(*reports: dict) -> Rows:
+    """scripts/pod_rehearsal.py: one row per run (a path of the Deployment in its memory cgroup):
+    ready time, the plan, memory under load, OOM kills and limit hits, major faults per generated
+    token, tok/s (every request's tokens over the load's duration), TTFT."""
+    header = ["run", "ready", "context cap / max_batch", "peak charged under load (anon + page cache), MiB",
+              "largest working set (anon + mapped), MiB", "OOM kills, failcnt", "major faults / token", "tok/s",
+              "TTFT p50 / p90 (s)", "requests (errors)"]
+    rows = []
+    for r in reports:
+        plan, load, mem = r.get("plan") or {}, r.get("load") or {}, r.get("under_load") or {}
+        peak, ttft = mem.get("at_sampled_peak_mib", {}), load.get("ttft_s") or {}
+        rows.append([_run_name(r), "not ready" if r.get("ready_s") is None else f"{r['ready_s']:.0f} s",
+                     f"{plan.get('context_cap')} / {plan.get('max_batch')}",
+                     f"{_n(mem.get('peak_mib'))} ({_n(peak.get('anon'))} + {_n(peak.get('file'))})" if mem else "-",
+                     _n(mem.get("max_anon_plus_mapped_mib")), f"{r.get('oom_kills')}, {r.get('limit_hits')}",
+                     _n(load.get("major_faults_per_token"), 2), _n(load.get("tokens_per_s"), 2),
+                     f"{_n(ttft.get('p50'), 1)} / {_n(ttft.get('p90'), 1)}",
+                     f"{load.get('requests')} ({load.get('errors')})"])
+    return header, rows
+
+
+def rehearsal_speculators(*reports: dict) -> Rows:
+    """scripts/pod_rehearsal.py --speculators: per run and speculator (the requests named them in
+    turn, one server): decode rate per request (tokens after the first over the time after it),
+    the server's tokens per target pass, TTFT."""
+    header = ["run", "speculator", "requests", "tokens", "decode tok/s p50 (pooled)", "tokens per pass",
+              "TTFT p50 / p90 (s)"]
+    rows = []
+    for r in reports:
+        load = r.get("load") or {}
+        servers = load.get("server_by_speculator") or {}
+        for name, row in load.get("by_speculator", {}).items():
+            decode, ttft = row["decode_tok_s"], row["ttft_s"]
+            rows.append([_run_name(r), name, str(row["requests"]), str(row["tokens"]),
+                         f"{_n(decode.get('p50'), 2)} ({_n(row['decode_tok_s_pooled'], 2)})",
+                         _n((servers.get(name) or {}).get("tokens_per_pass"), 3),
+                         f"{_n(ttft.get('p50'), 1)} / {_n(ttft.get('p90'), 1)}"])
+    return header, rows
+
+
 RENDERERS: dict[str, Callable[..., Rows]] = {
     "speculators": speculators, "peers": peers, "headline": headline, "structured": structured,
-    "batching": batching, "fidelity": fidelity,
-    "precisions": precisions, "profiles": profiles, "curves": curves}
+    "batching": batching, "fidelity": fidelity, "precisions": precisions, "profiles": profiles, "curves": curves,
+    "rehearsals": rehearsals, "rehearsal_speculators": rehearsal_speculators}
 
 
 def caption(reports: list[dict]) -> str:
