@@ -221,8 +221,10 @@ def test_the_openai_client_raises_on_a_bad_schema(oai):
 
 # -- a slow compile runs beside the event loop ---------------------------------------------------
 def test_a_slow_compile_does_not_stall_health(server, engine):
-    """A schema whose grammar takes about a second to compile and check (a 60,000-value enum): while
-    one request compiles it, /health keeps answering (the compile runs in a worker thread)."""
+    """A schema whose grammar takes tenths of a second to compile and check (a 60,000-value enum, near
+    llguidance's lexer limit: 0.26-0.36 s on a quiet 2-core machine, 1.8 s on a loaded one): while
+    one request compiles it, /health keeps answering within half that time (the compile runs on
+    the grammar thread; on the event loop a /health call would wait for the whole compile)."""
     import threading
     import time
 
@@ -230,7 +232,7 @@ def test_a_slow_compile_does_not_stall_health(server, engine):
     start = time.perf_counter()
     engine.grammars.json_schema(schema)  # the same compile and check, timed here (the small pair's tokenizer)
     compile_s = time.perf_counter() - start
-    assert compile_s > 0.3, f"the schema compiles in {compile_s:.2f} s: too fast to show a stall"
+    assert compile_s > 0.15, f"the schema compiles in {compile_s:.2f} s: too fast to show a stall"
     body = {"model": "specops", "messages": ASK, "max_tokens": 1,
             "response_format": {"type": "json_schema", "json_schema": {"name": "big", "schema": schema}}}
     answer = {}
